@@ -1,0 +1,227 @@
+"""The layers of the official PyTorch networks that Flax lacks, in NHWC.
+
+Each reproduces its `torch.nn` counterpart to float32 round-off (tests/test_layers.py
+checks them against torch itself):
+
+- `reflect_pad`: `nn.ReflectionPad2d`.
+- `instance_norm`: `nn.InstanceNorm2d(affine=False)`: biased variance, eps 1e-5, no state.
+- `BatchNorm`: `nn.BatchNorm2d` in its training and eval modes, running variance unbiased
+  and momentum 0.1 as in torch (Flax's `nn.BatchNorm` keeps a biased running variance).
+- `ConvTranspose`: `nn.ConvTranspose2d` with stride, padding and output padding, written as
+  a stride-1 convolution followed by depth-to-space (the sub-pixel form). It computes the
+  same function; XLA:CPU runs the backward of a strided transposed convolution roughly ten
+  times slower than this form (experiments/bench/README.md).
+- `Conv`: `nn.Conv2d` with explicit zero padding and the official initialisation.
+- `kernel_init`: the official `init_weights` (normal, xavier, kaiming, orthogonal).
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+INIT_TYPES = ("normal", "xavier", "kaiming", "orthogonal")
+NORMS = ("instance", "batch", "none")
+
+Dtype = Any
+
+
+def reflect_pad(x: jax.Array, pad: int) -> jax.Array:
+    """`nn.ReflectionPad2d(pad)` on an NHWC array."""
+    return jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="reflect")
+
+
+def instance_norm(x: jax.Array, eps: float = 1e-5) -> jax.Array:
+    """`nn.InstanceNorm2d(affine=False)`: per sample and channel over H and W."""
+    dtype = x.dtype
+    x = x.astype(jnp.float32)
+    mean = jnp.mean(x, axis=(1, 2), keepdims=True)
+    var = jnp.mean(jnp.square(x - mean), axis=(1, 2), keepdims=True)
+    return ((x - mean) * jax.lax.rsqrt(var + eps)).astype(dtype)
+
+
+def kernel_init(init_type: str = "normal", gain: float = 0.02, transposed: bool = False):
+    """Initialiser of a conv kernel laid out (kh, kw, in, out), as the official `init_weights`.
+
+    torch computes fans from the weight's first two dimensions; a transposed convolution's
+    weight is (in, out, kh, kw), so torch's "fan_in" there counts the output channels.
+    `transposed` reproduces that for kaiming.
+    """
+    if init_type == "normal":
+        return nn.initializers.normal(stddev=gain)
+    if init_type == "xavier":
+        # xavier_normal_(w, gain): std = gain * sqrt(2 / (fan_in + fan_out)).
+        return nn.initializers.variance_scaling(gain**2, "fan_avg", "normal")
+    if init_type == "kaiming":
+        # kaiming_normal_(w, a=0, mode='fan_in'): std = sqrt(2 / fan_in).
+        in_axis, out_axis = (-1, -2) if transposed else (-2, -1)
+        return nn.initializers.variance_scaling(2.0, "fan_in", "normal", in_axis=in_axis, out_axis=out_axis)
+    if init_type == "orthogonal":
+        # torch flattens (out, in*kh*kw) and makes the rows orthonormal.
+        return nn.initializers.orthogonal(scale=gain, column_axis=-1)
+    raise ValueError(f"init_type must be one of {INIT_TYPES}, got {init_type!r}")
+
+
+def Conv(features: int, kernel_size: int, stride: int = 1, padding: int = 0, use_bias: bool = True,
+         init_type: str = "normal", init_gain: float = 0.02, dtype: Dtype = jnp.float32, name: str | None = None) -> nn.Conv:
+    """`nn.Conv2d(in, features, kernel_size, stride, padding, bias)` with zero padding."""
+    k, p = kernel_size, padding
+    return nn.Conv(
+        features,
+        (k, k),
+        strides=(stride, stride),
+        padding=((p, p), (p, p)),
+        use_bias=use_bias,
+        dtype=dtype,
+        kernel_init=kernel_init(init_type, init_gain),
+        bias_init=nn.initializers.zeros,
+        name=name,
+    )
+
+
+@functools.lru_cache(maxsize=None)
+def _subpixel_taps(kernel_size: int, stride: int, padding: int) -> tuple[np.ndarray, int, int]:
+    """Where each kernel tap of a transposed convolution lands in the sub-pixel form.
+
+    Output pixel `o = stride * m + r` receives `x[m + d] * w[k]` for every tap `k` with
+    `k = r + padding - stride * d`. Returns the table `index[r, d - d_min]` of kernel taps
+    (`kernel_size` marks "no tap": a zero) and the input padding (before, after).
+    """
+    taps = {}
+    for r in range(stride):
+        for k in range(kernel_size):
+            if (k - r - padding) % stride == 0:
+                taps[(r, -((k - r - padding) // stride))] = k
+    d_min = min(d for _, d in taps)
+    d_max = max(d for _, d in taps)
+    index = np.full((stride, d_max - d_min + 1), kernel_size, dtype=np.int32)
+    for (r, d), k in taps.items():
+        index[r, d - d_min] = k
+    return index, max(0, -d_min), max(0, d_max)
+
+
+def subpixel_kernel(kernel: jax.Array, stride: int, padding: int) -> jax.Array:
+    """Turns a transposed-conv kernel (k, k, in, out) into the stride-1 kernel (K, K, in, s*s*out)."""
+    k, _, cin, cout = kernel.shape
+    index, _, _ = _subpixel_taps(k, stride, padding)
+    zero_slot = jnp.pad(kernel, ((0, 1), (0, 1), (0, 0), (0, 0)))  # index k is a zero tap
+    taps = zero_slot[index][:, :, index]  # (s, K, s, K, in, out): [rh, a, rw, b]
+    size = index.shape[1]
+    return taps.transpose(1, 3, 4, 0, 2, 5).reshape(size, size, cin, stride * stride * cout)
+
+
+def conv_transpose(x: jax.Array, kernel: jax.Array, stride: int, padding: int, output_padding: int) -> jax.Array:
+    """`F.conv_transpose2d` (no bias) for outputs of exactly `stride` times the input size."""
+    n, h, w, _ = x.shape
+    k, cout = kernel.shape[0], kernel.shape[-1]
+    if k + output_padding - 2 * padding != stride:
+        raise ValueError(
+            f"sub-pixel transposed conv needs kernel + output_padding - 2*padding == stride, "
+            f"got kernel={k}, stride={stride}, padding={padding}, output_padding={output_padding}"
+        )
+    _, before, after = _subpixel_taps(k, stride, padding)
+    x = jnp.pad(x, ((0, 0), (before, after), (before, after), (0, 0)))
+    y = jax.lax.conv_general_dilated(
+        x,
+        subpixel_kernel(kernel, stride, padding).astype(x.dtype),
+        window_strides=(1, 1),
+        padding="VALID",
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    )
+    y = y.reshape(n, h, w, stride, stride, cout).transpose(0, 1, 3, 2, 4, 5)
+    return y.reshape(n, h * stride, w * stride, cout)
+
+
+class ConvTranspose(nn.Module):
+    """`nn.ConvTranspose2d(in, features, kernel_size, stride, padding, output_padding, bias)`.
+
+    The kernel parameter is stored as (kh, kw, in, out), the torch weight (in, out, kh, kw)
+    transposed, so that parameter counts and conversions match the official ones.
+    """
+
+    features: int
+    kernel_size: int
+    stride: int = 2
+    padding: int = 1
+    output_padding: int = 0
+    use_bias: bool = True
+    init_type: str = "normal"
+    init_gain: float = 0.02
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        k = self.kernel_size
+        kernel = self.param(
+            "kernel",
+            kernel_init(self.init_type, self.init_gain, transposed=True),
+            (k, k, x.shape[-1], self.features),
+            jnp.float32,
+        )
+        y = conv_transpose(x.astype(self.dtype), kernel.astype(self.dtype), self.stride, self.padding, self.output_padding)
+        if self.use_bias:
+            bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+            y = y + bias.astype(self.dtype)
+        return y
+
+
+class BatchNorm(nn.Module):
+    """`nn.BatchNorm2d(features)` (affine, running statistics, momentum 0.1, eps 1e-5).
+
+    Training mode normalises by the batch's biased variance and folds the unbiased one
+    into `batch_stats`, as torch does; eval mode uses the running statistics.
+    Scale starts at Normal(1, init_gain) as in the official `init_weights`.
+    """
+
+    init_gain: float = 0.02
+    momentum: float = 0.1
+    eps: float = 1e-5
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        c = x.shape[-1]
+        dtype = x.dtype
+        x = x.astype(jnp.float32)
+        gain = self.init_gain
+        scale = self.param("scale", lambda key, shape: 1.0 + gain * jax.random.normal(key, shape), (c,))
+        bias = self.param("bias", nn.initializers.zeros, (c,))
+        ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((c,), jnp.float32))
+        ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((c,), jnp.float32))
+        if train:
+            mean = jnp.mean(x, axis=(0, 1, 2))
+            var = jnp.mean(jnp.square(x - mean), axis=(0, 1, 2))
+            count = x.shape[0] * x.shape[1] * x.shape[2]
+            if not self.is_initializing():
+                m = self.momentum
+                ra_mean.value = (1 - m) * ra_mean.value + m * mean
+                ra_var.value = (1 - m) * ra_var.value + m * var * count / max(count - 1, 1)
+        else:
+            mean, var = ra_mean.value, ra_var.value
+        y = (x - mean) * jax.lax.rsqrt(var + self.eps) * scale + bias
+        return y.astype(dtype)
+
+
+def Norm(kind: str, init_gain: float = 0.02, name: str | None = None):
+    """The official `get_norm_layer(norm)`: a callable `(x, train) -> x`.
+
+    'instance' has no parameters; 'batch' is a `BatchNorm` module called `name`.
+    """
+    if kind == "instance":
+        return lambda x, train: instance_norm(x)
+    if kind == "batch":
+        return BatchNorm(init_gain=init_gain, name=name)
+    if kind == "none":
+        return lambda x, train: x
+    raise ValueError(f"norm must be one of {NORMS}, got {kind!r}")
+
+
+def conv_bias(norm: str) -> bool:
+    """The official `use_bias`: convolutions carry a bias only before instance norm.
+
+    (With norm='none' the official code also drops the bias; we keep that quirk.)
+    """
+    return norm == "instance"

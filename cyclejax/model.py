@@ -1,0 +1,60 @@
+"""What one CycleGAN is: its four networks, its loss weights and its two optimisers.
+
+A static description (no arrays); the arrays live in the `TrainState` pytree.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import flax.linen as nn
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from cyclejax import networks, optim
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+@dataclasses.dataclass(frozen=True)
+class CycleGAN:
+    G_A: nn.Module  # A -> B
+    G_B: nn.Module  # B -> A
+    D_A: nn.Module  # judges domain B
+    D_B: nn.Module  # judges domain A
+    tx_G: optax.GradientTransformation  # one Adam over G_A and G_B
+    tx_D: optax.GradientTransformation  # one Adam over D_A and D_B
+    schedule: optax.Schedule
+    gan_mode: str = "lsgan"
+    lambda_A: float = 10.0
+    lambda_B: float = 10.0
+    lambda_identity: float = 0.5
+    pool_size: int = 50
+
+    @property
+    def uses_identity(self) -> bool:
+        return self.lambda_identity > 0
+
+
+def build(config: ml_collections.ConfigDict, steps_per_epoch: int) -> CycleGAN:
+    """The CycleGAN a config describes (keys named as the official options)."""
+    dtype = DTYPES[config.get("dtype", "float32")]
+    g = dict(ngf=config.ngf, norm=config.norm, use_dropout=not config.no_dropout,
+             init_type=config.init_type, init_gain=config.init_gain, dtype=dtype)
+    d = dict(ndf=config.ndf, n_layers_D=config.n_layers_D, norm=config.norm,
+             init_type=config.init_type, init_gain=config.init_gain, dtype=dtype)
+    schedule = optim.learning_rate_schedule(config.lr, config.n_epochs, config.n_epochs_decay, steps_per_epoch)
+    return CycleGAN(
+        G_A=networks.define_G(config.netG, config.input_nc, config.output_nc, **g),
+        G_B=networks.define_G(config.netG, config.output_nc, config.input_nc, **g),
+        D_A=networks.define_D(config.netD, config.output_nc, **d),
+        D_B=networks.define_D(config.netD, config.input_nc, **d),
+        tx_G=optim.adam(schedule, config.beta1),
+        tx_D=optim.adam(schedule, config.beta1),
+        schedule=schedule,
+        gan_mode=config.gan_mode,
+        lambda_A=config.lambda_A,
+        lambda_B=config.lambda_B,
+        lambda_identity=config.lambda_identity,
+        pool_size=config.pool_size,
+    )

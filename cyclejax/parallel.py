@@ -1,0 +1,61 @@
+"""Data parallelism: a 1-D device mesh, explicit shardings, and the compiled train step.
+
+The batch is split over the mesh's `data` axis and the train state is replicated. Losses
+are means over the global batch, so under `jax.jit` XLA averages the gradients across
+devices itself (one all-reduce per update): the numbers equal those of one device with
+the same global batch.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from cyclejax.model import CycleGAN
+from cyclejax.train_state import TrainState
+from cyclejax.train_step import Batch, make_train_step
+
+DATA_AXIS = "data"
+
+
+def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
+    devices = jax.devices() if devices is None else list(devices)
+    return Mesh(np.asarray(devices), (DATA_AXIS,))
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P(DATA_AXIS))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def check_batch_size(global_batch: int, mesh: Mesh) -> None:
+    n = mesh.devices.size
+    if global_batch % n:
+        raise ValueError(f"batch_size={global_batch} must be a multiple of the {n} devices in the mesh")
+
+
+def shard_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> Batch:
+    """This process's rows of the global batch -> global arrays sharded over `data`."""
+    sharding = batch_sharding(mesh)
+    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local_batch.items()}
+
+
+def replicate(state: TrainState, mesh: Mesh) -> TrainState:
+    return jax.device_put(state, replicated(mesh))
+
+
+def compile_train_step(
+    model: CycleGAN, mesh: Mesh
+) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
+    """`jax.jit` of the train step: state replicated and donated, batch sharded over `data`."""
+    return jax.jit(
+        make_train_step(model),
+        in_shardings=(replicated(mesh), batch_sharding(mesh)),
+        out_shardings=(replicated(mesh), replicated(mesh)),
+        donate_argnums=0,
+    )

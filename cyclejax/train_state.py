@@ -1,0 +1,65 @@
+"""The whole training state of a CycleGAN as one pytree."""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from cyclejax import image_pool
+from cyclejax.model import CycleGAN
+
+NETS = ("G_A", "G_B", "D_A", "D_B")
+GENERATORS = ("G_A", "G_B")
+DISCRIMINATORS = ("D_A", "D_B")
+
+
+@flax.struct.dataclass
+class TrainState:
+    params: dict[str, Any]  # {'G_A', 'G_B', 'D_A', 'D_B'}: each network's parameters
+    batch_stats: dict[str, Any]  # the same keys: running statistics of norm='batch' ({} otherwise)
+    opt_state_G: Any  # Adam over {'G_A', 'G_B'}
+    opt_state_D: Any  # Adam over {'D_A', 'D_B'}
+    pool_A: image_pool.ImagePool  # fakes of domain A (G_B's outputs) shown to D_B
+    pool_B: image_pool.ImagePool  # fakes of domain B (G_A's outputs) shown to D_A
+    step: jax.Array  # int32
+    rng: jax.Array  # uint32[2]: the run's key; each step folds its index in
+
+    @property
+    def g_params(self) -> dict[str, Any]:
+        return {k: self.params[k] for k in GENERATORS}
+
+    @property
+    def d_params(self) -> dict[str, Any]:
+        return {k: self.params[k] for k in DISCRIMINATORS}
+
+
+def create(model: CycleGAN, seed: int, shape_A: tuple[int, int, int], shape_B: tuple[int, int, int]) -> TrainState:
+    """Initialises every network (official init), both optimisers and both pools.
+
+    `shape_A`, `shape_B`: (H, W, C) of one image of each domain.
+    """
+    root = jax.random.PRNGKey(seed)
+    init_key, rng = jax.random.split(root)
+    keys = dict(zip(NETS, jax.random.split(init_key, 4)))
+    x_A = jnp.zeros((1, *shape_A), jnp.float32)
+    x_B = jnp.zeros((1, *shape_B), jnp.float32)
+    inputs = {"G_A": x_A, "G_B": x_B, "D_A": x_B, "D_B": x_A}
+    params, batch_stats = {}, {}
+    for name in NETS:
+        variables = getattr(model, name).init({"params": keys[name]}, inputs[name], train=False)
+        params[name] = variables["params"]
+        batch_stats[name] = variables.get("batch_stats", {})
+    g = {k: params[k] for k in GENERATORS}
+    d = {k: params[k] for k in DISCRIMINATORS}
+    return TrainState(
+        params=params,
+        batch_stats=batch_stats,
+        opt_state_G=model.tx_G.init(g),
+        opt_state_D=model.tx_D.init(d),
+        pool_A=image_pool.init_pool(model.pool_size, shape_A),
+        pool_B=image_pool.init_pool(model.pool_size, shape_B),
+        step=jnp.zeros((), jnp.int32),
+        rng=rng,
+    )

@@ -1,0 +1,145 @@
+"""One CycleGAN iteration as a pure function: `train_step(state, batch) -> (state, metrics)`.
+
+It does what the official `CycleGANModel.optimize_parameters` does, in the same order:
+forward both cycles; update G_A and G_B together with the discriminators frozen; then
+update D_A and D_B together on the fakes made before the generator update, drawn through
+the image pools. Networks run in training mode throughout (batch statistics for
+norm='batch', dropout when enabled), and running statistics are folded in call by call in
+the official order.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from cyclejax import image_pool, losses
+from cyclejax.model import CycleGAN
+from cyclejax.train_state import TrainState
+
+Batch = dict[str, jax.Array]  # {'A': (N, H, W, C_A), 'B': (N, H, W, C_B)}, values in [-1, 1]
+METRICS = ("D_A", "G_A", "cycle_A", "idt_A", "D_B", "G_B", "cycle_B", "idt_B")
+
+
+class _Runner:
+    """Applies the networks in training mode, threading running statistics and dropout keys."""
+
+    def __init__(self, model: CycleGAN, batch_stats: dict[str, Any], key: jax.Array):
+        self.model = model
+        self.stats = dict(batch_stats)
+        self.key = key
+        self.calls = 0
+
+    def __call__(self, name: str, params: Any, x: jax.Array) -> jax.Array:
+        net = getattr(self.model, name)
+        self.calls += 1
+        rngs = {"dropout": jax.random.fold_in(self.key, self.calls)}
+        if self.stats[name]:
+            y, updates = net.apply({"params": params, "batch_stats": self.stats[name]}, x, train=True,
+                                   rngs=rngs, mutable=["batch_stats"])
+            self.stats[name] = updates["batch_stats"]
+            return y
+        return net.apply({"params": params}, x, train=True, rngs=rngs)
+
+    def peek(self, name: str, params: Any, x: jax.Array) -> jax.Array:
+        """Applies a network in training mode without recording its statistics (for the penalty)."""
+        net = getattr(self.model, name)
+        rngs = {"dropout": jax.random.fold_in(self.key, 0)}
+        if self.stats[name]:
+            return net.apply({"params": params, "batch_stats": self.stats[name]}, x, train=True,
+                             rngs=rngs, mutable=["batch_stats"])[0]
+        return net.apply({"params": params}, x, train=True, rngs=rngs)
+
+
+def generator_loss(g_params, d_params, run: _Runner, real_A, real_B):
+    """The official `backward_G`: returns (loss, (fakes, the six generator-side losses))."""
+    m = run.model
+    fake_B = run("G_A", g_params["G_A"], real_A)
+    rec_A = run("G_B", g_params["G_B"], fake_B)
+    fake_A = run("G_B", g_params["G_B"], real_B)
+    rec_B = run("G_A", g_params["G_A"], fake_A)
+    if m.uses_identity:
+        idt_A = run("G_A", g_params["G_A"], real_B)
+        idt_B = run("G_B", g_params["G_B"], real_A)
+        loss_idt_A = losses.l1(idt_A, real_B) * m.lambda_B * m.lambda_identity
+        loss_idt_B = losses.l1(idt_B, real_A) * m.lambda_A * m.lambda_identity
+    else:
+        loss_idt_A = loss_idt_B = jnp.zeros((), jnp.float32)
+    loss_G_A = losses.gan_loss(run("D_A", d_params["D_A"], fake_B), True, m.gan_mode)
+    loss_G_B = losses.gan_loss(run("D_B", d_params["D_B"], fake_A), True, m.gan_mode)
+    loss_cycle_A = losses.l1(rec_A, real_A) * m.lambda_A
+    loss_cycle_B = losses.l1(rec_B, real_B) * m.lambda_B
+    total = loss_G_A + loss_G_B + loss_cycle_A + loss_cycle_B + loss_idt_A + loss_idt_B
+    parts = dict(G_A=loss_G_A, G_B=loss_G_B, cycle_A=loss_cycle_A, cycle_B=loss_cycle_B,
+                 idt_A=loss_idt_A, idt_B=loss_idt_B)
+    return total, (fake_A, fake_B, parts)
+
+
+def discriminator_loss(d_params, run: _Runner, real_A, real_B, fake_A, fake_B, gp_key):
+    """The official `backward_D_A` + `backward_D_B` on pooled fakes (no gradient into G)."""
+    m = run.model
+
+    def basic(name, real, fake, key):
+        loss = 0.5 * (losses.gan_loss(run(name, d_params[name], real), True, m.gan_mode)
+                      + losses.gan_loss(run(name, d_params[name], fake), False, m.gan_mode))
+        if m.gan_mode == "wgangp":
+            # Not called by the official CycleGAN; the README explains why we add it here.
+            loss = loss + losses.gradient_penalty(lambda x: run.peek(name, d_params[name], x), real, fake, key)
+        return loss
+
+    key_A, key_B = jax.random.split(gp_key)
+    loss_D_A = basic("D_A", real_B, jax.lax.stop_gradient(fake_B), key_A)
+    loss_D_B = basic("D_B", real_A, jax.lax.stop_gradient(fake_A), key_B)
+    return loss_D_A + loss_D_B, dict(D_A=loss_D_A, D_B=loss_D_B)
+
+
+def make_train_step(model: CycleGAN) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
+    """The un-jitted step for `model`; see `parallel.compile_train_step` for the compiled one."""
+
+    def train_step(state: TrainState, batch: Batch):
+        real_A = batch["A"].astype(jnp.float32)
+        real_B = batch["B"].astype(jnp.float32)
+        key = jax.random.fold_in(state.rng, state.step)
+        dropout_key, pool_key_A, pool_key_B, gp_key = jax.random.split(key, 4)
+        g_params, d_params = state.g_params, state.d_params
+
+        # Generators, discriminators frozen.
+        def g_objective(g):
+            run = _Runner(model, state.batch_stats, dropout_key)
+            loss, aux = generator_loss(g, d_params, run, real_A, real_B)
+            return loss, (aux, run.stats)
+
+        (_, ((fake_A, fake_B, g_parts), stats)), g_grads = jax.value_and_grad(g_objective, has_aux=True)(g_params)
+        g_updates, opt_state_G = model.tx_G.update(g_grads, state.opt_state_G, g_params)
+        new_g = optax.apply_updates(g_params, g_updates)
+
+        # Discriminators, on the pre-update fakes through the pools.
+        pool_A, pooled_A = image_pool.query(state.pool_A, fake_A, pool_key_A)
+        pool_B, pooled_B = image_pool.query(state.pool_B, fake_B, pool_key_B)
+
+        def d_objective(d):
+            run = _Runner(model, stats, jax.random.fold_in(dropout_key, 1 << 20))
+            loss, parts = discriminator_loss(d, run, real_A, real_B, pooled_A, pooled_B, gp_key)
+            return loss, (parts, run.stats)
+
+        (_, (d_parts, stats)), d_grads = jax.value_and_grad(d_objective, has_aux=True)(d_params)
+        d_updates, opt_state_D = model.tx_D.update(d_grads, state.opt_state_D, d_params)
+        new_d = optax.apply_updates(d_params, d_updates)
+
+        new_state = state.replace(
+            params={**new_g, **new_d},
+            batch_stats=stats,
+            opt_state_G=opt_state_G,
+            opt_state_D=opt_state_D,
+            pool_A=pool_A,
+            pool_B=pool_B,
+            step=state.step + 1,
+        )
+        parts = {**g_parts, **d_parts}
+        metrics = {name: parts[name] for name in METRICS}
+        metrics["lr"] = jnp.asarray(model.schedule(state.step), jnp.float32)
+        return new_state, metrics
+
+    return train_step
