@@ -1,0 +1,67 @@
+"""The image pool: official semantics, inside jit."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from cyclejax import image_pool
+
+query = jax.jit(image_pool.query)
+
+
+def _images(start, n):
+    """Images whose every pixel holds their serial number, so we can tell them apart."""
+    return jnp.arange(start, start + n, dtype=jnp.float32)[:, None, None, None] * jnp.ones((n, 2, 2, 1))
+
+
+def test_size_zero_returns_its_input():
+    pool = image_pool.init_pool(0, (2, 2, 1))
+    x = _images(1, 3)
+    new, out = image_pool.query(pool, x, jax.random.PRNGKey(0))
+    np.testing.assert_array_equal(out, x)
+    assert new.images.shape == (0, 2, 2, 1)
+
+
+def test_while_filling_it_returns_and_stores_its_inputs():
+    pool = image_pool.init_pool(5, (2, 2, 1))
+    pool, out = query(pool, _images(1, 3), jax.random.PRNGKey(0))
+    np.testing.assert_array_equal(out, _images(1, 3))
+    pool, out = query(pool, _images(4, 2), jax.random.PRNGKey(1))
+    np.testing.assert_array_equal(out, _images(4, 2))
+    assert int(pool.count) == 5
+    np.testing.assert_array_equal(pool.images[:, 0, 0, 0], [1, 2, 3, 4, 5])
+
+
+def test_once_full_about_half_swap_for_earlier_images():
+    size = 10
+    pool = image_pool.init_pool(size, (2, 2, 1))
+    pool, _ = query(pool, _images(1, size), jax.random.PRNGKey(0))
+    swapped, n = 0, 0
+    seen = set(range(1, size + 1))  # everything ever stored
+    key = jax.random.PRNGKey(1)
+    serial = size + 1
+    for i in range(200):
+        key, sub = jax.random.split(key)
+        before = set(np.asarray(pool.images[:, 0, 0, 0]).astype(int).tolist())
+        pool, out = query(pool, _images(serial, 1), sub)
+        got = int(out[0, 0, 0, 0])
+        n += 1
+        if got != serial:
+            swapped += 1
+            assert got in before and got in seen and got < serial  # an image stored earlier
+            assert serial in set(np.asarray(pool.images[:, 0, 0, 0]).astype(int).tolist())  # took its slot
+        else:
+            assert set(np.asarray(pool.images[:, 0, 0, 0]).astype(int).tolist()) == before  # pool unchanged
+        seen.add(serial)
+        serial += 1
+    assert int(pool.count) == size
+    assert 0.4 < swapped / n < 0.6, swapped / n
+
+
+def test_a_batch_is_queried_one_image_at_a_time():
+    """A batch larger than the free space: the first images fill the pool, the rest may swap."""
+    pool = image_pool.init_pool(2, (2, 2, 1))
+    pool, out = query(pool, _images(1, 6), jax.random.PRNGKey(3))
+    values = np.asarray(out[:, 0, 0, 0]).astype(int)
+    assert values[0] == 1 and values[1] == 2
+    for i, v in enumerate(values[2:], start=3):
+        assert v == i or v < i  # itself, or an image of this batch stored before it
