@@ -127,25 +127,19 @@ def _flax_path(key: str) -> tuple[tuple[str, ...], str]:
     return tuple(path), leaf
 
 
-def load_flax(module: nn.Module, params, batch_stats=None) -> nn.Module:
-    """Copies cyclejax parameters (NHWC layout) into a torch module of the official layout."""
-    sd = module.state_dict()
-    new = {}
-    for key, value in sd.items():
+def flax_to_torch(module: nn.Module, params, batch_stats=None) -> dict[str, np.ndarray]:
+    """cyclejax arrays (NHWC layout) for every entry of `module`'s state dict, in torch layout."""
+    out = {}
+    for key, value in module.state_dict().items():
         path, leaf = _flax_path(key)
-        if leaf in ("running_mean", "running_var", "num_batches_tracked"):
-            if leaf == "num_batches_tracked":
-                new[key] = value
-                continue
-            node = batch_stats
-            for p in path:
-                node = node[p]
-            new[key] = torch.from_numpy(np.asarray(node["mean" if leaf == "running_mean" else "var"]).copy())
+        if leaf == "num_batches_tracked":
             continue
-        node = params
+        node = batch_stats if leaf in ("running_mean", "running_var") else params
         for p in path:
             node = node[p]
-        if "scale" in node:  # a BatchNorm
+        if leaf in ("running_mean", "running_var"):
+            arr = np.asarray(node["mean" if leaf == "running_mean" else "var"])
+        elif "scale" in node:  # a BatchNorm
             arr = np.asarray(node["scale" if leaf == "weight" else "bias"])
         elif leaf == "bias":
             arr = np.asarray(node["bias"])
@@ -154,8 +148,15 @@ def load_flax(module: nn.Module, params, batch_stats=None) -> nn.Module:
             is_transposed = isinstance(_module_at(module, key), nn.ConvTranspose2d)
             arr = k.transpose(2, 3, 0, 1) if is_transposed else k.transpose(3, 2, 0, 1)
         assert tuple(arr.shape) == tuple(value.shape), (key, arr.shape, value.shape)
-        new[key] = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
-    module.load_state_dict(new)
+        out[key] = np.ascontiguousarray(arr, dtype=np.float32)
+    return out
+
+
+def load_flax(module: nn.Module, params, batch_stats=None) -> nn.Module:
+    """Copies cyclejax parameters into a torch module of the official layout."""
+    arrays = flax_to_torch(module, params, batch_stats)
+    sd = module.state_dict()
+    module.load_state_dict({k: torch.from_numpy(arrays[k].copy()) if k in arrays else v for k, v in sd.items()})
     return module
 
 

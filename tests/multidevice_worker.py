@@ -1,0 +1,76 @@
+"""Run in a subprocess with 8 fake CPU devices: the same steps on 8 devices and on 1.
+
+Prints one JSON line: the largest parameter difference and how the batch was laid out.
+"""
+import json
+import os
+import sys
+
+assert "jax" not in sys.modules
+os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from cyclejax import model as model_lib, parallel, train_state  # noqa: E402
+from tests.test_train_step import tiny_config  # noqa: E402
+
+
+def run(devices, batches, config):
+    model = model_lib.build(config, steps_per_epoch=10)
+    state = train_state.create(model, 0, (32, 32, 3), (32, 32, 3))
+    mesh = parallel.make_mesh(devices)
+    step = parallel.compile_train_step(model, mesh)
+    state = parallel.replicate(state, mesh)
+    for b in batches:
+        sharded = parallel.shard_batch(b, mesh)
+        shards = len(sharded["A"].addressable_shards)
+        state, metrics = step(state, sharded)
+    return jax.device_get(state), jax.device_get(metrics), shards
+
+
+def inert_biases(model, params, x):
+    """Paths of biases the network's output does not depend on (a conv bias before instance norm).
+
+    Their true gradient is zero, so Adam turns round-off into +-lr steps of random sign: they
+    differ between any two summation orders, in torch as here, without changing the function.
+    """
+    apply = jax.jit(lambda p: model.apply({"params": p}, x, train=True))
+    base = apply(params)
+    inert = set()
+    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+        if path[-1].key != "bias":
+            continue
+        bumped = jax.tree_util.tree_map_with_path(lambda q, v: v + 1.0 if q == path else v, params)
+        if float(np.max(np.abs(apply(bumped) - base))) < 1e-4:
+            inert.add(jax.tree_util.keystr(path))
+    return inert
+
+
+def main():
+    assert len(jax.devices()) == 8, jax.devices()
+    config = tiny_config(batch_size=8, pool_size=4)
+    rng = np.random.default_rng(0)
+    batches = [{k: rng.uniform(-1, 1, (8, 32, 32, 3)).astype(np.float32) for k in "AB"} for _ in range(1)]
+    s8, m8, shards8 = run(jax.devices(), batches, config)
+    s1, m1, shards1 = run(jax.devices()[:1], batches, config)
+    model = model_lib.build(config, steps_per_epoch=10)
+    x = batches[0]["A"]
+    param_diff, output_diff, n_inert = 0.0, 0.0, 0
+    for name in ("G_A", "G_B", "D_A", "D_B"):
+        net = getattr(model, name)
+        inert = inert_biases(net, s1.params[name], x)
+        n_inert += len(inert)
+        for path, a in jax.tree_util.tree_leaves_with_path(s8.params[name]):
+            if jax.tree_util.keystr(path) not in inert:
+                b = np.asarray(dict(jax.tree_util.tree_leaves_with_path(s1.params[name]))[path])
+                param_diff = max(param_diff, float(np.max(np.abs(np.asarray(a) - b))))
+        outs = [np.asarray(net.apply({"params": s.params[name]}, x, train=True)) for s in (s8, s1)]
+        output_diff = max(output_diff, float(np.max(np.abs(outs[0] - outs[1]))))
+    loss_diff = max(abs(float(m8[k]) - float(m1[k])) for k in m8)
+    print(json.dumps({"max_param_diff": param_diff, "max_output_diff": output_diff, "max_loss_diff": loss_diff,
+                      "inert_biases": n_inert, "shards": [shards8, shards1], "steps": int(s8.step)}))
+
+
+if __name__ == "__main__":
+    main()
