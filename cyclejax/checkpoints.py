@@ -1,0 +1,60 @@
+"""Orbax checkpoints of the whole train state and its config, in <workdir>/checkpoints.
+
+Saves are asynchronous and atomic (Orbax writes to a temporary folder and renames it), so a
+crash or kill mid-save leaves the previous checkpoint as the latest usable one.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+
+from cyclejax.train_state import TrainState
+
+# Keys that change the shapes or meaning of the saved arrays: a checkpoint made with other
+# values cannot be resumed.
+ARCHITECTURE_KEYS = ("netG", "netD", "n_layers_D", "ngf", "ndf", "norm", "input_nc", "output_nc", "pool_size",
+                     "crop_size", "no_dropout")
+
+
+class CheckpointMismatch(ValueError):
+    pass
+
+
+def manager(workdir: str | Path, keep: int = 3) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=True, create=True)
+    return ocp.CheckpointManager(Path(workdir).absolute() / "checkpoints", options=options)
+
+
+def save(mngr: ocp.CheckpointManager, state: TrainState, config: ml_collections.ConfigDict) -> None:
+    step = int(jax.device_get(state.step))
+    mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                            config=ocp.args.JsonSave(json.loads(config.to_json()))), force=True)
+
+
+def saved_config(mngr: ocp.CheckpointManager, step: int) -> dict:
+    return mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+
+
+def check_compatible(saved: dict, config: ml_collections.ConfigDict, where: str) -> None:
+    differ = [f"{k}: checkpoint {saved.get(k)!r}, config {config.get(k)!r}" for k in ARCHITECTURE_KEYS
+              if saved.get(k) != config.get(k)]
+    if differ:
+        raise CheckpointMismatch(
+            f"the checkpoint in {where} was made with another architecture ({'; '.join(differ)}). "
+            f"Use a fresh --workdir, or set these keys as the checkpoint has them."
+        )
+
+
+def restore_latest(mngr: ocp.CheckpointManager, like: TrainState, config: ml_collections.ConfigDict) -> TrainState | None:
+    """The latest checkpoint restored into the shapes and shardings of `like`, or None."""
+    step = mngr.latest_step()
+    if step is None:
+        return None
+    check_compatible(saved_config(mngr, step), config, str(mngr.directory))
+    abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, like)
+    restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
+    return restored["state"]

@@ -1,0 +1,102 @@
+"""The tf.data input pipeline: official preprocessing, unpaired sampling, deterministic resume.
+
+An epoch is max(|A|, |B|) images: A walked in a shuffled order, B drawn at random, as the
+official `UnalignedDataset`. Which images make step s, and every random crop and flip,
+depend only on (seed, s), so a resumed run reads exactly what an uninterrupted one would.
+Each process reads only its own rows of the global batch.
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+import tensorflow as tf
+
+tf.config.set_visible_devices([], "GPU")  # tf.data only: leave accelerators to JAX
+
+PREPROCESS = ("resize_and_crop", "crop", "scale_width", "scale_width_and_crop", "none")
+
+
+def steps_per_epoch(n_A: int, n_B: int, global_batch: int) -> int:
+    return max(1, max(n_A, n_B) // global_batch)
+
+
+def index_stream(n_A: int, n_B: int, global_batch: int, seed: int, start_step: int,
+                 rows: slice) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """(step, indices into A, indices into B) for each step from `start_step`, this process's rows."""
+    spe = steps_per_epoch(n_A, n_B, global_batch)
+    step = start_step
+    while True:
+        epoch = step // spe
+        rng = np.random.default_rng([seed, epoch])
+        need = spe * global_batch
+        order_A = np.concatenate([rng.permutation(n_A) for _ in range(-(-need // n_A))])[:need]
+        draw_B = rng.integers(0, n_B, need)
+        for s in range(step % spe, spe):
+            sl = slice(s * global_batch, (s + 1) * global_batch)
+            yield epoch * spe + s, order_A[sl][rows], draw_B[sl][rows]
+        step = (epoch + 1) * spe
+
+
+def _scale_width(img: tf.Tensor, target_width: int, crop_size: int) -> tf.Tensor:
+    h = tf.cast(tf.shape(img)[0], tf.float32)
+    w = tf.cast(tf.shape(img)[1], tf.float32)
+    new_h = tf.maximum(tf.cast(target_width * h / w, tf.int32), crop_size)
+    return tf.image.resize(img, (new_h, target_width), method="bicubic")
+
+
+def preprocess(img: tf.Tensor, seed: tf.Tensor, config, train: bool) -> tf.Tensor:
+    """The official `get_transform`: uint8 HWC -> float32 in [-1, 1]."""
+    img = tf.cast(img, tf.float32)
+    load, crop, mode = config.load_size, config.crop_size, config.preprocess
+    if not train:
+        load = crop
+    if mode == "resize_and_crop":
+        img = tf.image.resize(img, (load, load), method="bicubic")
+    elif mode in ("scale_width", "scale_width_and_crop"):
+        img = _scale_width(img, load if mode.endswith("crop") else crop, crop)
+    if mode in ("resize_and_crop", "crop", "scale_width_and_crop"):
+        if train:
+            img = tf.image.stateless_random_crop(img, (crop, crop, 3), seed=seed)
+        else:
+            img = tf.image.resize_with_crop_or_pad(img, crop, crop)
+    if mode == "none":
+        # Sizes rounded to a multiple of 4, as the official __make_power_2(base=4).
+        h, w = tf.shape(img)[0], tf.shape(img)[1]
+        img = tf.image.resize(img, (tf.maximum(4, (h + 2) // 4 * 4), tf.maximum(4, (w + 2) // 4 * 4)), method="bicubic")
+    if train and not config.no_flip:
+        img = tf.image.stateless_random_flip_left_right(img, seed=seed + 7)
+    img = tf.clip_by_value(tf.round(img), 0.0, 255.0)  # the official path goes through uint8 PIL images
+    return img / 127.5 - 1.0
+
+
+def train_batches(images_A: list[np.ndarray], images_B: list[np.ndarray], config, start_step: int,
+                  process_index: int = 0, process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
+    """This process's part of each global batch, from `start_step` on: {'A', 'B', 'step'}."""
+    global_batch = config.batch_size
+    local = global_batch // process_count
+    rows = slice(process_index * local, (process_index + 1) * local)
+    stream = index_stream(len(images_A), len(images_B), global_batch, config.seed, start_step, rows)
+
+    def examples():
+        for step, idx_A, idx_B in stream:
+            for row, (a, b) in enumerate(zip(idx_A, idx_B)):
+                sample = step * global_batch + rows.start + row
+                yield images_A[a], images_B[b], np.array([config.seed, sample], np.int64), np.int64(step)
+
+    sig = (tf.TensorSpec((None, None, 3), tf.uint8), tf.TensorSpec((None, None, 3), tf.uint8),
+           tf.TensorSpec((2,), tf.int64), tf.TensorSpec((), tf.int64))
+    ds = tf.data.Dataset.from_generator(examples, output_signature=sig)
+
+    def prep(a, b, seed, step):
+        return {"A": preprocess(a, seed * 2, config, True), "B": preprocess(b, seed * 2 + 1, config, True), "step": step}
+
+    ds = ds.map(prep, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.batch(local, drop_remainder=True).prefetch(config.prefetch)
+    return ds.as_numpy_iterator()
+
+
+def test_images(images: list[np.ndarray], config) -> np.ndarray:
+    """Test-time preprocessing (load_size = crop_size, no flip) of same-sized images -> float32 batch."""
+    out = [preprocess(tf.constant(img), tf.constant([0, 0], tf.int64), config, False).numpy() for img in images]
+    return np.stack(out).astype(np.float32)

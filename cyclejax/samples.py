@@ -1,0 +1,59 @@
+"""Image grids of translations (real_A, fake_B, rec_A, real_B, fake_A, rec_B) as PNG and in TensorBoard."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tensorflow as tf
+from PIL import Image
+
+from cyclejax import input_pipeline
+
+ROWS = 4
+
+
+class SampleWriter:
+    """Translates the same few test images every time, so successive grids are comparable."""
+
+    def __init__(self, workdir: Path, images_A, images_B, config, model):
+        self.dir = Path(workdir) / "samples"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.writer = tf.summary.create_file_writer(str(workdir))
+        pick = lambda imgs: [imgs[i] for i in np.linspace(0, len(imgs) - 1, ROWS).astype(int)]  # noqa: E731
+        self.real_A = input_pipeline.test_images(pick(images_A), config)
+        self.real_B = input_pipeline.test_images(pick(images_B), config)
+
+        def run(name, variables, x):
+            net = getattr(model, name)
+            if variables["batch_stats"]:
+                return net.apply(variables, x, train=True, mutable=["batch_stats"])[0]
+            return net.apply({"params": variables["params"]}, x, train=True)
+
+        @jax.jit
+        def translate(params, batch_stats, real_A, real_B):
+            v = lambda k: {"params": params[k], "batch_stats": batch_stats[k]}  # noqa: E731
+            fake_B = run("G_A", v("G_A"), real_A)
+            fake_A = run("G_B", v("G_B"), real_B)
+            return [real_A, fake_B, run("G_B", v("G_B"), fake_B), real_B, fake_A, run("G_A", v("G_A"), fake_A)]
+
+        self.translate = translate
+
+    def grid(self, state) -> np.ndarray:
+        cols = self.translate(state.params, state.batch_stats, jnp.asarray(self.real_A), jnp.asarray(self.real_B))
+        cols = [np.asarray(jax.device_get(c)) for c in cols]
+        h = max(c.shape[1] for c in cols)
+        rows = [np.concatenate([np.pad(c[r], ((0, h - c.shape[1]), (0, 2), (0, 0)), constant_values=1) for c in cols], 1)
+                for r in range(self.real_A.shape[0])]
+        img = np.concatenate(rows, 0)
+        return np.clip((img + 1) * 127.5 + 0.5, 0, 255).astype(np.uint8)
+
+    def write(self, step: int, state) -> Path:
+        img = self.grid(state)
+        path = self.dir / f"step_{step:08d}.png"
+        Image.fromarray(img).save(path)
+        with self.writer.as_default(step=step):
+            tf.summary.image("real_A|fake_B|rec_A|real_B|fake_A|rec_B", img[None], step=step)
+        self.writer.flush()
+        return path
