@@ -29,6 +29,7 @@ _NGF = flags.DEFINE_integer("ngf", 64, "generator width")
 _NDF = flags.DEFINE_integer("ndf", 64, "discriminator width")
 _STEPS = flags.DEFINE_integer("steps", 5, "timed steps")
 _WARMUP = flags.DEFINE_integer("warmup", 1, "untimed steps after compilation")
+_BREAKDOWN = flags.DEFINE_bool("breakdown", False, "also time the parts of a step (generator, discriminator, ...)")
 
 
 def compiled_flops(compiled) -> float:
@@ -78,10 +79,57 @@ def benchmark(netG: str, netD: str, size: int, batch: int, dtype: str, ngf: int,
     }
 
 
+def _time(fn, *args, steps: int) -> float:
+    jax.block_until_ready(fn(*args))
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def breakdown(netG: str, netD: str, size: int, batch: int, dtype: str, ngf: int, ndf: int, steps: int) -> dict:
+    """Median seconds of the parts of one step, each compiled on its own."""
+    import jax.numpy as jnp
+
+    from cyclejax.layers import conv_transpose
+    from cyclejax.train_step import _Runner, discriminator_loss, generator_loss
+
+    config = default.paper()
+    config.update(netG=netG, netD=netD, ngf=ngf, ndf=ndf, dtype=dtype, batch_size=batch)
+    model = model_lib.build(config, steps_per_epoch=1000)
+    shape = (size, size, 3)
+    state = train_state.create(model, config.seed, shape, shape)
+    x = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (batch, *shape)), jnp.float32)
+    key = jax.random.PRNGKey(0)
+    g_fwd = jax.jit(lambda p, x: model.G_A.apply({"params": p}, x))
+    d_fwd = jax.jit(lambda p, x: model.D_A.apply({"params": p}, x))
+    g_loss = jax.jit(jax.value_and_grad(
+        lambda g: generator_loss(g, state.d_params, _Runner(model, state.batch_stats, key), x, x)[0]))
+    d_loss = jax.jit(jax.value_and_grad(
+        lambda d: discriminator_loss(d, _Runner(model, state.batch_stats, key), x, x, x, x, key)[0]))
+    up_in = jnp.ones((batch, size // 4, size // 4, 4 * ngf))
+    up_k = jnp.ones((3, 3, 4 * ngf, 2 * ngf)) * 0.01
+    up_grad = jax.jit(jax.grad(lambda h, k: jnp.sum(conv_transpose(h, k, 2, 1, 1) ** 2), argnums=(0, 1)))
+    return {
+        "G_forward_s": _time(g_fwd, state.params["G_A"], x, steps=steps),
+        "D_forward_s": _time(d_fwd, state.params["D_A"], x, steps=steps),
+        "generator_update_grad_s": _time(g_loss, state.g_params, steps=steps),
+        "discriminator_update_grad_s": _time(d_loss, state.d_params, steps=steps),
+        "first_upsampling_fwd_bwd_s": _time(up_grad, up_in, up_k, steps=steps),
+    }
+
+
 def main(argv):
     del argv
     result = benchmark(_NETG.value, _NETD.value, _SIZE.value, _BATCH.value, _DTYPE.value, _NGF.value,
                        _NDF.value, _STEPS.value, _WARMUP.value)
+    if _BREAKDOWN.value:
+        result["breakdown"] = breakdown(_NETG.value, _NETD.value, _SIZE.value, _BATCH.value, _DTYPE.value,
+                                        _NGF.value, _NDF.value, _STEPS.value)
+        for k, v in result["breakdown"].items():
+            print(f"{k}: {v:.3f}", flush=True)
     print(json.dumps(result))
 
 

@@ -22,9 +22,9 @@ import numpy as np
 SIZE = 64
 SHAPE_COLOURS = np.array([[0.85, 0.15, 0.15], [0.15, 0.65, 0.2], [0.2, 0.3, 0.9], [0.95, 0.8, 0.1]])
 SHAPE_PROBS = np.array([0.4, 0.3, 0.2, 0.1])
-BACKGROUNDS = np.array([[0.92, 0.9, 0.82], [0.8, 0.88, 0.92], [0.9, 0.82, 0.88]])
+BACKGROUNDS = np.array([[0.95, 0.9, 0.72], [0.72, 0.86, 0.95], [0.94, 0.74, 0.86]])
 BACKGROUND_PROBS = np.array([0.5, 0.3, 0.2])
-DUSK_SCALE, DUSK_TINT = 0.4, np.array([0.0, 0.03, 0.12])
+DUSK_SCALE, DUSK_TINT = 0.5, np.array([0.0, 0.03, 0.12])
 STRIPE_PERIOD, STRIPE_SHADE = 4, 0.5
 SPLITS = {"trainA": (1000, 1), "trainB": (1000, 2), "testA": (100, 3), "testB": (100, 3)}
 

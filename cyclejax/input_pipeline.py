@@ -63,7 +63,9 @@ def preprocess(img: tf.Tensor, seed: tf.Tensor, config, train: bool) -> tf.Tenso
     if mode == "none":
         # Sizes rounded to a multiple of 4, as the official __make_power_2(base=4).
         h, w = tf.shape(img)[0], tf.shape(img)[1]
-        img = tf.image.resize(img, (tf.maximum(4, (h + 2) // 4 * 4), tf.maximum(4, (w + 2) // 4 * 4)), method="bicubic")
+        new_h, new_w = tf.maximum(4, (h + 2) // 4 * 4), tf.maximum(4, (w + 2) // 4 * 4)
+        img = tf.cond(tf.logical_and(new_h == h, new_w == w), lambda: img,
+                      lambda: tf.image.resize(img, (new_h, new_w), method="bicubic"))
     if train and not config.no_flip:
         img = tf.image.stateless_random_flip_left_right(img, seed=seed + 7)
     img = tf.clip_by_value(tf.round(img), 0.0, 255.0)  # the official path goes through uint8 PIL images

@@ -8,7 +8,6 @@ callable from a notebook.
 from __future__ import annotations
 
 import json
-import logging
 import sys
 import time
 from pathlib import Path
@@ -75,7 +74,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     total = (config.n_epochs + config.n_epochs_decay) * spe
     if config.max_steps:
         total = min(total, config.max_steps)
-    logging.info("data: %d A and %d B training images, %d steps per epoch, %d steps", len(train_A), len(train_B), spe, total)
+    if is_main:
+        print(f"data: {len(train_A)} A and {len(train_B)} B training images, {spe} steps per epoch, {total} steps",
+              flush=True)
 
     model = model_lib.build(config, spe)
     sample_batch = {k: input_pipeline.test_images(v[:1], config) for k, v in (("A", train_A), ("B", train_B))}
@@ -84,7 +85,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     restored = checkpoints.restore_latest(mngr, state, config)
     if restored is not None:
         state = restored
-        logging.info("resumed from step %d in %s", int(state.step), workdir)
+        if is_main:
+            print(f"resumed from step {int(state.step)} in {workdir}", flush=True)
     start = int(state.step)
     state = parallel.replicate(state, mesh)
     step_fn = parallel.compile_train_step(model, mesh)
@@ -131,7 +133,9 @@ def default_workdir() -> Path:
 
 def main(argv):
     del argv
-    logging.getLogger().setLevel(logging.INFO)
+    from absl import logging as absl_logging
+
+    absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax and TF are chatty at INFO
     workdir = Path(_WORKDIR.value) if _WORKDIR.value else default_workdir()
     print(f"cyclejax: training {_CONFIG.value.dataset} into {workdir}", flush=True)
     try:

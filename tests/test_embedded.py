@@ -1,0 +1,58 @@
+"""The embedded dataset and its paired score."""
+import numpy as np
+import pytest
+
+from cyclejax import embedded, embedded_score
+
+
+def test_splits_have_the_documented_sizes_and_are_deterministic():
+    a = embedded.load_split("trainA")
+    assert a.shape == (1000, 64, 64, 3) and a.dtype == np.uint8
+    np.testing.assert_array_equal(a[:5], embedded.load_split("trainA")[:5])
+    assert embedded.load_split("testB").shape == (100, 64, 64, 3)
+    with pytest.raises(ValueError, match="splits"):
+        embedded.load_split("valA")
+
+
+def test_test_split_renders_the_same_content_in_both_domains():
+    A, B, masks = embedded.load_test_pairs()
+    np.testing.assert_array_equal(A, embedded.load_split("testA"))
+    np.testing.assert_array_equal(B, embedded.load_split("testB"))
+    shapes = masks.any(axis=1)
+    # Background: A is light, B dark. Shapes: B is striped (two shades), A is flat.
+    assert A[~shapes].mean() > 180 and B[~shapes].mean() < 110
+    first = masks[0, 0] & ~masks[0, 1:].any(axis=0)
+    assert len(np.unique(A[0][first].reshape(-1, 3), axis=0)) == 1
+    assert len(np.unique(B[0][first].reshape(-1, 3), axis=0)) == 2
+
+
+def test_no_per_pixel_colour_map_solves_it():
+    """Some colour of A maps to two different colours of B (the stripes)."""
+    A, B, _ = embedded.load_test_pairs()
+    a = A[:10].reshape(-1, 3)
+    b = B[:10].reshape(-1, 3)
+    pairs = {}
+    for x, y in zip(map(tuple, a), map(tuple, b)):
+        pairs.setdefault(x, set()).add(y)
+    assert max(len(v) for v in pairs.values()) >= 2
+
+
+def test_ground_truth_scores_zero_and_baselines_do_not():
+    A, B, _ = embedded.load_test_pairs()
+    report = embedded_score.evaluate(lambda x: B / 127.5 - 1, lambda x: A / 127.5 - 1, step=7)
+    assert report["step"] == 7
+    for d in ("AtoB", "BtoA"):
+        assert report[d]["model"] == pytest.approx(0.0, abs=1e-9)
+        assert report[d]["identity"] > 0.3
+        assert 0.05 < report[d]["colour_transfer"] < report[d]["identity"]
+    assert "ratio" in embedded_score.format_table(report)
+
+
+def test_texture_score_ignores_stripe_phase():
+    _, B, masks = embedded.load_test_pairs()
+    shifted = np.roll(B, 2, axis=2)  # half a stripe period
+    base = embedded_score.error(B / 255.0, B / 255.0, masks)
+    moved = embedded_score.error(shifted / 255.0, B / 255.0, masks)
+    flat = embedded_score.error(np.full_like(B, 128) / 255.0, B / 255.0, masks)
+    assert base["error"] == 0.0
+    assert moved["texture"] < 0.25 * flat["texture"]

@@ -1,0 +1,84 @@
+"""The input pipeline: official preprocessing shapes, unpaired sampling, exact resume."""
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from cyclejax import datasets, input_pipeline
+from tests.conftest import tiny_train_config
+
+
+def test_index_stream_resumes_where_it_left_off():
+    full = input_pipeline.index_stream(7, 5, 2, seed=3, start_step=0, rows=slice(None))
+    first = [next(full) for _ in range(12)]
+    resumed = input_pipeline.index_stream(7, 5, 2, seed=3, start_step=5, rows=slice(None))
+    for want in first[5:]:
+        got = next(resumed)
+        assert got[0] == want[0]
+        np.testing.assert_array_equal(got[1], want[1])
+        np.testing.assert_array_equal(got[2], want[2])
+
+
+def test_an_epoch_walks_every_A_once_and_draws_B_at_random():
+    stream = input_pipeline.index_stream(6, 4, 1, seed=0, start_step=0, rows=slice(None))
+    epoch = [next(stream) for _ in range(6)]
+    assert sorted(int(a[0]) for _, a, _ in epoch) == list(range(6))
+    assert all(0 <= int(b[0]) < 4 for _, _, b in epoch)
+    assert input_pipeline.steps_per_epoch(6, 4, 1) == 6 and input_pipeline.steps_per_epoch(3, 9, 2) == 4
+
+
+def test_processes_read_disjoint_rows_of_the_global_batch():
+    rows = [input_pipeline.index_stream(8, 8, 4, 0, 0, slice(p * 2, p * 2 + 2)) for p in (0, 1)]
+    whole = next(input_pipeline.index_stream(8, 8, 4, 0, 0, slice(None)))
+    parts = [next(r) for r in rows]
+    np.testing.assert_array_equal(np.concatenate([p[1] for p in parts]), whole[1])
+
+
+def test_train_batches_are_deterministic_scaled_and_resumable():
+    config = tiny_train_config(batch_size=2)
+    A = datasets.load_images("embedded", "trainA", 6)
+    B = datasets.load_images("embedded", "trainB", 6)
+    it = input_pipeline.train_batches(A, B, config, 0)
+    batches = [next(it) for _ in range(5)]
+    assert batches[0]["A"].shape == (2, 32, 32, 3) and batches[0]["A"].dtype == np.float32
+    assert -1.0 <= batches[0]["A"].min() and batches[0]["B"].max() <= 1.0
+    resumed = input_pipeline.train_batches(A, B, config, 3)
+    for want in batches[3:]:
+        got = next(resumed)
+        assert int(got["step"][0]) == int(want["step"][0])
+        np.testing.assert_array_equal(got["A"], want["A"])
+        np.testing.assert_array_equal(got["B"], want["B"])
+
+
+@pytest.mark.parametrize("mode, load, crop, shape_in, train, shape_out", [
+    ("resize_and_crop", 286, 256, (300, 400), True, (256, 256)),
+    ("resize_and_crop", 286, 256, (300, 400), False, (256, 256)),
+    ("crop", 286, 64, (100, 120), True, (64, 64)),
+    ("scale_width", 80, 64, (50, 100), True, (64, 64)),  # width to crop_size, height kept >= crop_size
+    ("scale_width_and_crop", 80, 64, (60, 100), True, (64, 64)),
+    ("none", 286, 256, (37, 50), True, (36, 52)),
+    ("none", 286, 256, (64, 64), True, (64, 64)),
+])
+def test_preprocess_modes_give_official_shapes(mode, load, crop, shape_in, train, shape_out):
+    config = tiny_train_config(preprocess=mode, load_size=load, crop_size=crop)
+    img = tf.constant(np.random.default_rng(0).integers(0, 256, (*shape_in, 3)), tf.uint8)
+    out = input_pipeline.preprocess(img, tf.constant([1, 2], tf.int64), config, train).numpy()
+    assert out.shape[:2] == shape_out
+
+
+def test_none_keeps_multiple_of_four_images_exactly():
+    config = tiny_train_config(preprocess="none", no_flip=True)
+    img = np.random.default_rng(0).integers(0, 256, (8, 12, 3)).astype(np.uint8)
+    out = input_pipeline.preprocess(tf.constant(img), tf.constant([1, 2], tf.int64), config, True).numpy()
+    np.testing.assert_allclose(out, img / 127.5 - 1.0, atol=1e-6)
+
+
+def test_flip_depends_on_the_seed_and_no_flip_turns_it_off():
+    img = np.arange(4 * 4 * 3, dtype=np.uint8).reshape(4, 4, 3)
+    config = tiny_train_config(preprocess="none")
+    outs = {input_pipeline.preprocess(tf.constant(img), tf.constant([s, 0], tf.int64), config, True).numpy().tobytes()
+            for s in range(20)}
+    assert len(outs) == 2
+    config.no_flip = True
+    outs = {input_pipeline.preprocess(tf.constant(img), tf.constant([s, 0], tf.int64), config, True).numpy().tobytes()
+            for s in range(20)}
+    assert len(outs) == 1

@@ -1,0 +1,65 @@
+"""The real command line, end to end: a short run, and a kill followed by a resume."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--config.ngf=4", "--config.ndf=4", "--config.load_size=36", "--config.crop_size=32",
+        "--config.preprocess=resize_and_crop", "--config.max_dataset_size=20", "--config.pool_size=5",
+        "--config.log_every=2"]
+
+
+def _cmd(workdir, *extra):
+    return [sys.executable, "-m", "cyclejax.train", f"--workdir={workdir}", *TINY, *extra]
+
+
+@pytest.mark.slow
+def test_kill_then_resume_through_the_command_line(tmp_path):
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    # A long run, checkpointing every 2 steps, killed (SIGKILL: no chance to clean up) once
+    # a checkpoint exists.
+    proc = subprocess.Popen(_cmd(tmp_path, "--config.checkpoint_every=2", "--config.n_epochs=1000",
+                                 "--config.eval_at_end=False"),
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    ckpt = tmp_path / "checkpoints"
+    while time.time() < deadline and proc.poll() is None:
+        if ckpt.is_dir() and any(p.name.isdigit() for p in ckpt.iterdir()):
+            break
+        time.sleep(0.5)
+    assert proc.poll() is None, proc.stdout.read()[-3000:]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    saved = sorted(int(p.name) for p in ckpt.iterdir() if p.name.isdigit())
+    assert saved, list(ckpt.iterdir())
+
+    # The same command again (stopping 4 steps later) resumes from the last complete checkpoint.
+    target = saved[-1] + 4
+    out = subprocess.run(_cmd(tmp_path, "--config.checkpoint_every=2", "--config.n_epochs=1000",
+                              f"--config.max_steps={target}",
+                              "--config.sample_every=2", "--config.eval_at_end=True"),
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    assert "resumed from step" in out.stdout
+    resumed_from = int(out.stdout.split("resumed from step ")[1].split()[0])
+    assert resumed_from >= 2 and resumed_from % 2 == 0
+    assert f"step {target}/{target}" in out.stdout  # plain log lines when not on a terminal
+    assert "ratio = model / better baseline" in out.stdout
+    assert (tmp_path / "eval.json").exists()
+    grid = Image.open(tmp_path / "samples" / f"step_{target:08d}.png")
+    assert grid.size[1] == 4 * 32 and grid.size[0] == 6 * 34
+
+
+@pytest.mark.slow
+def test_bad_config_value_is_refused_before_compiling(tmp_path):
+    out = subprocess.run(_cmd(tmp_path, "--config.netG=resnet_12blocks"), cwd=ROOT, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 2
+    assert "config.netG='resnet_12blocks' is not allowed" in out.stderr
+    assert not (tmp_path / "checkpoints").exists()
