@@ -26,7 +26,7 @@ BACKGROUNDS = np.array([[0.95, 0.9, 0.72], [0.72, 0.86, 0.95], [0.94, 0.74, 0.86
 BACKGROUND_PROBS = np.array([0.5, 0.3, 0.2])
 DUSK_SCALE, DUSK_TINT = 0.5, np.array([0.0, 0.03, 0.12])
 STRIPE_PERIOD, STRIPE_SHADE = 4, 0.5
-SPLITS = {"trainA": (1000, 1), "trainB": (1000, 2), "testA": (100, 3), "testB": (100, 3)}
+SPLITS = {"trainA": (800, 1), "trainB": (800, 2), "testA": (100, 3), "testB": (100, 3)}
 
 
 def _contents(n: int, seed: int, size: int = SIZE) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

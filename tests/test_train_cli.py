@@ -1,4 +1,5 @@
 """The real command line, end to end: a short run, and a kill followed by a resume."""
+import json
 import os
 import signal
 import subprocess
@@ -51,7 +52,12 @@ def test_kill_then_resume_through_the_command_line(tmp_path):
     assert resumed_from >= 2 and resumed_from % 2 == 0
     assert f"step {target}/{target}" in out.stdout  # plain log lines when not on a terminal
     assert "ratio = model / better baseline" in out.stdout
-    assert (tmp_path / "eval.json").exists()
+    report = json.loads((tmp_path / "eval.json").read_text())
+    assert report["step"] == target
+    for d in ("AtoB", "BtoA"):
+        assert set(report[d]) == {"model", "identity", "colour_transfer"}
+        assert report[d]["identity"] > report[d]["colour_transfer"] > 0
+    assert list(tmp_path.glob("events.out.tfevents.*"))
     grid = Image.open(tmp_path / "samples" / f"step_{target:08d}.png")
     assert grid.size[1] == 4 * 32 and grid.size[0] == 6 * 34
 

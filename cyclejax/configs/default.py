@@ -69,7 +69,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.load_size = 64
     c.crop_size = 64
     c.preprocess = "none"
-    c.n_epochs = 1  # 1000 steps at the full rate, then 1000 decaying to zero
+    c.n_epochs = 1  # 800 steps at the full rate, then 800 decaying to zero
     c.n_epochs_decay = 1
     c.log_every = 100
     c.sample_every = 500
