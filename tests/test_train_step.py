@@ -85,7 +85,13 @@ def one_step():
     step = parallel.compile_train_step(model, mesh)
     batch = _batch(0)
     new_state, metrics = step(parallel.replicate(state, mesh), parallel.shard_batch(batch, mesh))
-    return config, initial, batch, jax.device_get(new_state), jax.device_get(metrics)
+    result = config, initial, batch, jax.device_get(new_state), jax.device_get(metrics)
+    # Later steps reuse the first compilation (the state comes back with the same shardings).
+    for seed in (1, 2):
+        new_state, _ = step(new_state, parallel.shard_batch(_batch(seed), mesh))
+    assert step._cache_size() == 1
+    assert int(new_state.step) == 3
+    return result
 
 
 def test_losses_equal_the_official_iteration(one_step):
