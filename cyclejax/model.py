@@ -36,6 +36,17 @@ class CycleGAN:
         return self.lambda_identity > 0
 
 
+def apply_train_mode(net: nn.Module, params, batch_stats, x, rngs=None):
+    """Applies a network in training mode, as the official train and test scripts do.
+
+    With norm='batch' the batch statistics are used and the running ones left unchanged.
+    """
+    if batch_stats:
+        return net.apply({"params": params, "batch_stats": batch_stats}, x, train=True, rngs=rngs,
+                         mutable=["batch_stats"])[0]
+    return net.apply({"params": params}, x, train=True, rngs=rngs)
+
+
 def build(config: ml_collections.ConfigDict, steps_per_epoch: int) -> CycleGAN:
     """The CycleGAN a config describes (keys named as the official options)."""
     dtype = DTYPES[config.get("dtype", "float32")]

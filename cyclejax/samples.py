@@ -10,6 +10,7 @@ import tensorflow as tf
 from PIL import Image
 
 from cyclejax import input_pipeline
+from cyclejax.model import apply_train_mode
 
 ROWS = 4
 
@@ -25,18 +26,12 @@ class SampleWriter:
         self.real_A = input_pipeline.test_images(pick(images_A), config)
         self.real_B = input_pipeline.test_images(pick(images_B), config)
 
-        def run(name, variables, x):
-            net = getattr(model, name)
-            if variables["batch_stats"]:
-                return net.apply(variables, x, train=True, mutable=["batch_stats"])[0]
-            return net.apply({"params": variables["params"]}, x, train=True)
-
         @jax.jit
         def translate(params, batch_stats, real_A, real_B):
-            v = lambda k: {"params": params[k], "batch_stats": batch_stats[k]}  # noqa: E731
-            fake_B = run("G_A", v("G_A"), real_A)
-            fake_A = run("G_B", v("G_B"), real_B)
-            return [real_A, fake_B, run("G_B", v("G_B"), fake_B), real_B, fake_A, run("G_A", v("G_A"), fake_A)]
+            run = lambda k, x: apply_train_mode(getattr(model, k), params[k], batch_stats[k], x)  # noqa: E731
+            fake_B = run("G_A", real_A)
+            fake_A = run("G_B", real_B)
+            return [real_A, fake_B, run("G_B", fake_B), real_B, fake_A, run("G_A", fake_A)]
 
         self.translate = translate
 

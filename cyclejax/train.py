@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import app, flags
@@ -23,7 +22,6 @@ from cyclejax import checkpoints, config_check, datasets, embedded_score, input_
 from cyclejax import model as model_lib
 from cyclejax.progress import Progress
 from cyclejax.samples import SampleWriter
-from cyclejax.train_step import METRICS
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "where checkpoints, logs and samples go (default: a new ./runs/<time>)")
 _CONFIG = config_flags.DEFINE_config_file("config", str(Path(__file__).parent / "configs" / "default.py"),
@@ -45,14 +43,9 @@ def load_data(config: ml_collections.ConfigDict):
     return train_A, train_B, test_A, test_B
 
 
-def translator(net, params, batch_stats, mesh=None):
+def translator(net, params, batch_stats):
     """A jitted function uint8 or float images -> translated float images in [-1, 1] (training-mode norms)."""
-    @jax.jit
-    def apply(x):
-        variables = {"params": params, **({"batch_stats": batch_stats} if batch_stats else {})}
-        if batch_stats:
-            return net.apply(variables, x, train=True, mutable=["batch_stats"])[0]
-        return net.apply(variables, x, train=True)
+    apply = jax.jit(lambda x: model_lib.apply_train_mode(net, params, batch_stats, x))
 
     def run(images: np.ndarray, batch: int = 16) -> np.ndarray:
         x = images.astype(np.float32) / 127.5 - 1.0 if images.dtype == np.uint8 else images

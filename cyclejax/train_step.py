@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import optax
 
 from cyclejax import image_pool, losses
-from cyclejax.model import CycleGAN
+from cyclejax.model import CycleGAN, apply_train_mode
 from cyclejax.train_state import TrainState
 
 Batch = dict[str, jax.Array]  # {'A': (N, H, W, C_A), 'B': (N, H, W, C_B)}, values in [-1, 1]
@@ -45,12 +45,8 @@ class _Runner:
 
     def peek(self, name: str, params: Any, x: jax.Array) -> jax.Array:
         """Applies a network in training mode without recording its statistics (for the penalty)."""
-        net = getattr(self.model, name)
-        rngs = {"dropout": jax.random.fold_in(self.key, 0)}
-        if self.stats[name]:
-            return net.apply({"params": params, "batch_stats": self.stats[name]}, x, train=True,
-                             rngs=rngs, mutable=["batch_stats"])[0]
-        return net.apply({"params": params}, x, train=True, rngs=rngs)
+        return apply_train_mode(getattr(self.model, name), params, self.stats[name], x,
+                                rngs={"dropout": jax.random.fold_in(self.key, 0)})
 
 
 def generator_loss(g_params, d_params, run: _Runner, real_A, real_B):

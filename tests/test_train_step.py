@@ -125,3 +125,26 @@ def test_step_counter_and_pools_advance(one_step):
     _, _, batch, new_state, _ = one_step
     assert int(new_state.step) == 1
     assert int(new_state.pool_A.count) == 2 and int(new_state.pool_B.count) == 2
+
+
+def test_wgangp_batch_norm_step_adds_the_penalty_and_updates_running_statistics():
+    """The other options in one step: gradient penalty, norm='batch' statistics, no identity, no pool."""
+    config = tiny_config(gan_mode="wgangp", norm="batch", no_dropout=True, pool_size=0, lambda_identity=0.0)
+    model = model_lib.build(config, steps_per_epoch=10)
+    state = jax.device_get(train_state.create(model, 0, (SIZE, SIZE, 3), (SIZE, SIZE, 3)))  # kept: the step donates
+    mesh = parallel.make_mesh(jax.devices()[:1])
+    new_state, metrics = parallel.compile_train_step(model, mesh)(parallel.replicate(state, mesh),
+                                                                  parallel.shard_batch(_batch(0), mesh))
+    metrics = jax.device_get(metrics)
+    assert all(np.isfinite(float(v)) for v in metrics.values())
+    assert float(metrics["idt_A"]) == 0.0 and float(metrics["idt_B"]) == 0.0
+    # D_A = 0.5 * (-mean D_A(real_B) + mean D_A(fake_B)) + penalty, with fake_B = G_A(real_A) before the update.
+    batch = _batch(0)
+    run = lambda k, x: np.asarray(model_lib.apply_train_mode(getattr(model, k), state.params[k],  # noqa: E731
+                                                             state.batch_stats[k], x))
+    critic = 0.5 * (-run("D_A", batch["B"]).mean() + run("D_A", run("G_A", batch["A"])).mean())
+    assert float(metrics["D_A"]) - critic > 1e-4  # the gradient penalty is in
+    before = np.asarray(state.batch_stats["G_A"]["model_2"]["mean"])
+    after = np.asarray(jax.device_get(new_state.batch_stats["G_A"]["model_2"]["mean"]))
+    assert not np.allclose(before, after)
+    assert new_state.pool_A.images.shape[0] == 0
