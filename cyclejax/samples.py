@@ -18,10 +18,10 @@ ROWS = 4
 class SampleWriter:
     """Translates the same few test images every time, so successive grids are comparable."""
 
-    def __init__(self, workdir: Path, images_A, images_B, config, model):
+    def __init__(self, workdir: Path, images_A, images_B, config, model, writer):
         self.dir = Path(workdir) / "samples"
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.writer = tf.summary.create_file_writer(str(workdir))
+        self.writer = writer  # the run's one TensorBoard writer (Progress.writer)
         pick = lambda imgs: [imgs[i] for i in np.linspace(0, len(imgs) - 1, ROWS).astype(int)]  # noqa: E731
         self.real_A = input_pipeline.test_images(pick(images_A), config)
         self.real_B = input_pipeline.test_images(pick(images_B), config)

@@ -85,8 +85,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     step_fn = parallel.compile_train_step(model, mesh)
 
     batches = input_pipeline.train_batches(train_A, train_B, config, start, jax.process_index(), jax.process_count())
-    samples = SampleWriter(workdir, test_A or train_A, test_B or train_B, config, model) if is_main else None
     progress = Progress(workdir, start, total, spe, enabled=is_main)
+    samples = (SampleWriter(workdir, test_A or train_A, test_B or train_B, config, model, progress.writer)
+               if is_main else None)
     metrics = {}
     try:
         for step in range(start, total):
