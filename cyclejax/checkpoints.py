@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import jax
+import numpy as np
 import ml_collections
 import orbax.checkpoint as ocp
 
@@ -58,3 +59,31 @@ def restore_latest(mngr: ocp.CheckpointManager, like: TrainState, config: ml_col
     abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, like)
     restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
     return restored["state"]
+
+
+def restore_generators(workdir: str | Path, step: int | None = None) -> tuple[dict, dict, dict, int]:
+    """(config, params, batch_stats, step) of both generators in a workdir's checkpoint, as numpy.
+
+    Restores without a target, so it works on any device topology and never builds the
+    discriminators or optimisers; `step` None means the latest.
+    """
+    ckpt_dir = Path(workdir).absolute() / "checkpoints"
+    if not ckpt_dir.is_dir():
+        raise FileNotFoundError(f"{workdir} has no checkpoints folder ({ckpt_dir}); is it a cyclejax --workdir?")
+    mngr = ocp.CheckpointManager(ckpt_dir, options=ocp.CheckpointManagerOptions(read_only=True))
+    try:
+        steps = mngr.all_steps()
+        if not steps:
+            raise FileNotFoundError(f"{ckpt_dir} holds no finished checkpoint")
+        step = max(steps) if step is None else step
+        if step not in steps:
+            raise FileNotFoundError(f"{ckpt_dir} has no checkpoint of step {step}; it has {sorted(steps)}")
+        restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
+                                                               config=ocp.args.JsonRestore()))
+    finally:
+        mngr.close()
+    state = restored["state"]
+    to_np = lambda t: jax.tree_util.tree_map(np.asarray, t)  # noqa: E731
+    params = {k: to_np(state["params"][k]) for k in ("G_A", "G_B")}
+    stats = {k: to_np(state["batch_stats"].get(k, {})) for k in ("G_A", "G_B")}
+    return restored["config"], params, stats, step

@@ -1,0 +1,170 @@
+"""Generator bundles: a trained or imported CycleGAN as a folder you can hand to someone.
+
+A bundle holds both generators (or one, for the official single-direction pretrained
+models) and nothing of the discriminators or optimisers:
+
+    bundle.json          format version, the generator config (netG, ngf, norm, channels,
+                         dtype), the domain names, the size multiple inputs need, the source
+    AtoB.msgpack         {'params': ..., 'batch_stats': ...} of the A -> B generator (Flax msgpack)
+    AtoB.jax_export      the same generator as a serialized `jax.export` artifact
+    BtoA.msgpack, BtoA.jax_export   the B -> A generator, when present
+
+The `.jax_export` files take float32 NHWC images in [-1, 1] of shape (batch, m*h, m*w, C),
+with m the multiple in bundle.json (4 for ResNets, 256 or 128 for U-Nets), and return the
+translation; the batch, height and width are symbolic, and the weights are inside. They run
+with jax alone, without cyclejax:
+
+    exported = jax.export.deserialize(open("AtoB.jax_export", "rb").read())
+    y = exported.call(x)
+
+`load(path)` reads a bundle back; `Bundle.translator(direction)` gives a jitted function.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import flax.linen as nn
+import flax.serialization
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from cyclejax import model as model_lib
+from cyclejax import networks
+
+FORMAT = "cyclejax-generator-bundle"
+VERSION = 1
+DIRECTIONS = ("AtoB", "BtoA")
+GENERATOR_KEYS = ("netG", "ngf", "norm", "no_dropout", "input_nc", "output_nc", "dtype")
+
+
+class BundleError(ValueError):
+    pass
+
+
+@dataclasses.dataclass
+class Bundle:
+    config: dict[str, Any]  # GENERATOR_KEYS plus 'domains' {'A': name, 'B': name} and 'source'
+    variables: dict[str, dict[str, Any]]  # direction -> {'params': ..., 'batch_stats': ...}
+
+    @property
+    def directions(self) -> tuple[str, ...]:
+        return tuple(d for d in DIRECTIONS if d in self.variables)
+
+    @property
+    def multiple(self) -> int:
+        return networks.generator_multiple(self.config["netG"])
+
+    def generator(self, direction: str) -> nn.Module:
+        self.check_direction(direction)
+        c = self.config
+        nc_in, nc_out = (c["input_nc"], c["output_nc"]) if direction == "AtoB" else (c["output_nc"], c["input_nc"])
+        return networks.define_G(c["netG"], nc_in, nc_out, ngf=c["ngf"], norm=c["norm"],
+                                 use_dropout=not c["no_dropout"], dtype=model_lib.DTYPES[c.get("dtype", "float32")])
+
+    def check_direction(self, direction: str) -> None:
+        if direction not in self.directions:
+            raise BundleError(f"this bundle has the generator(s) {list(self.directions)}, not {direction!r}"
+                              + (" (an official pretrained model holds one direction; it is 'AtoB')"
+                                 if self.directions == ("AtoB",) else ""))
+
+    def apply_fn(self, direction: str):
+        """A pure function float images (N, H, W, C) in [-1, 1] -> translations (training-mode norms,
+        as the official test script runs them)."""
+        net = self.generator(direction)
+        v = self.variables[direction]
+        return lambda x: model_lib.apply_train_mode(net, v["params"], v.get("batch_stats") or {}, x).astype(jnp.float32)
+
+    def translator(self, direction: str):
+        return jax.jit(self.apply_fn(direction))
+
+
+def domain_names(dataset: str) -> dict[str, str]:
+    """'cycle_gan/horse2zebra' -> {'A': 'horse', 'B': 'zebra'}; otherwise A and B."""
+    name = Path(str(dataset).rstrip("/")).name
+    if "2" in name:
+        a, _, b = name.partition("2")
+        if a and b:
+            return {"A": a, "B": b}
+    return {"A": "A", "B": "B"}
+
+
+def generator_config(config, **extra) -> dict[str, Any]:
+    out = {k: config[k] for k in GENERATOR_KEYS if k != "dtype"}
+    out["dtype"] = config.get("dtype", "float32")
+    out.update(extra)
+    return out
+
+
+def export_generator(bundle: Bundle, direction: str) -> bytes:
+    """The serialized `jax.export` artifact of one generator, weights inside, for CPU, GPU and TPU."""
+    m = bundle.multiple
+    c = bundle.config["input_nc"] if direction == "AtoB" else bundle.config["output_nc"]
+    # The smallest feature map is (h, w); reflection padding there needs it at least 2 wide.
+    b, h, w = jax.export.symbolic_shape("b, h, w", constraints=("h >= 2", "w >= 2") if m == 4 else ())
+    spec = jax.ShapeDtypeStruct((b, m * h, m * w, c), jnp.float32)
+    exported = jax.export.export(jax.jit(bundle.apply_fn(direction)), platforms=("cpu", "cuda", "tpu"))(spec)
+    return bytes(exported.serialize())
+
+
+def save(bundle: Bundle, path: str | Path, with_export: bool = True) -> Path:
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    for d in bundle.directions:
+        tree = jax.tree_util.tree_map(np.asarray, bundle.variables[d])
+        (path / f"{d}.msgpack").write_bytes(flax.serialization.msgpack_serialize(tree))
+        if with_export:
+            (path / f"{d}.jax_export").write_bytes(export_generator(bundle, d))
+    meta = {"format": FORMAT, "version": VERSION, "directions": list(bundle.directions), **bundle.config,
+            "multiple": bundle.multiple}
+    (path / "bundle.json").write_text(json.dumps(meta, indent=2))
+    return path
+
+
+def load(path: str | Path) -> Bundle:
+    """Reads a bundle written by `save` (by `python -m cyclejax.export` or `cyclejax.convert`)."""
+    path = Path(path)
+    meta_file = path / "bundle.json"
+    if not meta_file.is_file():
+        raise BundleError(f"{path} is not a generator bundle: {meta_file} does not exist "
+                          f"(make one with python -m cyclejax.export or python -m cyclejax.convert)")
+    try:
+        meta = json.loads(meta_file.read_text())
+    except json.JSONDecodeError as e:
+        raise BundleError(f"{meta_file} is not valid JSON ({e}); the bundle is corrupt, export it again") from e
+    if meta.get("format") != FORMAT or meta.get("version") != VERSION:
+        raise BundleError(f"{meta_file} is not a {FORMAT} of version {VERSION} "
+                          f"(format {meta.get('format')!r}, version {meta.get('version')!r})")
+    config = {k: v for k, v in meta.items() if k not in ("format", "version", "directions", "multiple")}
+    missing = [k for k in GENERATOR_KEYS if k not in config]
+    if missing:
+        raise BundleError(f"{meta_file} lacks the keys {missing}; the bundle is corrupt, export it again")
+    variables = {}
+    for d in meta["directions"]:
+        f = path / f"{d}.msgpack"
+        if not f.is_file():
+            raise BundleError(f"{f} is missing: bundle.json lists the direction {d}")
+        try:
+            variables[d] = flax.serialization.msgpack_restore(f.read_bytes())
+        except Exception as e:  # msgpack raises several types on truncated or foreign bytes
+            raise BundleError(f"{f} cannot be read ({type(e).__name__}: {e}); the bundle is corrupt") from e
+    bundle = Bundle(config=config, variables=variables)
+    for d in bundle.directions:
+        _check_shapes(bundle, d, f"{path / d}.msgpack")
+    return bundle
+
+
+def _check_shapes(bundle: Bundle, direction: str, where: str) -> None:
+    """The stored arrays must have the shapes of the generator bundle.json describes."""
+    net = bundle.generator(direction)
+    m = bundle.multiple
+    c = bundle.config["input_nc"] if direction == "AtoB" else bundle.config["output_nc"]
+    like = jax.eval_shape(lambda: net.init(jax.random.key(0), jnp.zeros((1, m, m, c)), train=False))
+    want = jax.tree_util.tree_map(lambda a: tuple(a.shape), {"params": like["params"]})
+    got = jax.tree_util.tree_map(lambda a: tuple(np.shape(a)), {"params": bundle.variables[direction].get("params")})
+    if want != got:
+        raise BundleError(f"{where} does not hold a {bundle.config['netG']} generator with ngf={bundle.config['ngf']} "
+                          f"and norm={bundle.config['norm']} as bundle.json says; the bundle is corrupt")
