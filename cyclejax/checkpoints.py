@@ -61,6 +61,12 @@ def restore_latest(mngr: ocp.CheckpointManager, like: TrainState, config: ml_col
     return restored["state"]
 
 
+def restore_anywhere() -> ocp.args.StandardRestore:
+    """Restore arguments for a checkpoint made on any device topology: arrays land on this
+    process's first device (the saved shardings name devices this machine may not have)."""
+    return ocp.args.StandardRestore(fallback_sharding=jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
+
+
 def restore_generators(workdir: str | Path, step: int | None = None) -> tuple[dict, dict, dict, int]:
     """(config, params, batch_stats, step) of both generators in a workdir's checkpoint, as numpy.
 
@@ -78,7 +84,7 @@ def restore_generators(workdir: str | Path, step: int | None = None) -> tuple[di
         step = max(steps) if step is None else step
         if step not in steps:
             raise FileNotFoundError(f"{ckpt_dir} has no checkpoint of step {step}; it has {sorted(steps)}")
-        restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
+        restored = mngr.restore(step, args=ocp.args.Composite(state=restore_anywhere(),
                                                                config=ocp.args.JsonRestore()))
     finally:
         mngr.close()

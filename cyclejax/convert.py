@@ -219,3 +219,24 @@ def main(argv):
 if __name__ == "__main__":
     define_flags()
     app.run(main)
+
+
+def variables_to_state_dict(variables: dict, net: nn.Module, input_nc: int, multiple: int) -> dict[str, np.ndarray]:
+    """The inverse of `state_dict_to_variables`: an official-layout state dict of numpy arrays
+    (for the official PyTorch test script, or to make a test file without torch models)."""
+    transposed = _transposed_paths(net, (1, multiple, multiple, input_nc))
+    out = {}
+    for collection, tree in variables.items():
+        for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+            names = tuple(p.key for p in path)
+            prefix, name = names[:-1], names[-1]
+            arr = np.asarray(leaf, np.float32)
+            if collection == "batch_stats":
+                key = torch_key(prefix, {"mean": "running_mean", "var": "running_var"}[name])
+            elif name == "kernel":
+                key = torch_key(prefix, "weight")
+                arr = arr.transpose(2, 3, 0, 1) if prefix in transposed else arr.transpose(3, 2, 0, 1)
+            else:
+                key = torch_key(prefix, "weight" if name == "scale" else name)
+            out[key] = np.ascontiguousarray(arr)
+    return out

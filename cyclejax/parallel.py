@@ -7,6 +7,7 @@ the same global batch.
 """
 from __future__ import annotations
 
+import os
 from typing import Callable, Sequence
 
 import jax
@@ -59,3 +60,26 @@ def compile_train_step(
         out_shardings=(replicated(mesh), replicated(mesh)),
         donate_argnums=0,
     )
+
+
+def _multi_host_tpu() -> bool:
+    hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "")
+    return "," in hosts
+
+
+def initialize_processes(coordinator_address: str | None = None, num_processes: int | None = None,
+                         process_id: int | None = None) -> bool:
+    """`jax.distributed.initialize` when this run spans several processes; True if it did.
+
+    Explicit arguments (GPU clusters, the loopback test) or a multi-host TPU slice
+    (detected from TPU_WORKER_HOSTNAMES, where JAX finds everything itself). A single
+    process is left alone. CPU collectives between processes use gloo.
+    """
+    if coordinator_address:
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(coordinator_address, num_processes, process_id)
+        return True
+    if _multi_host_tpu():
+        jax.distributed.initialize()
+        return True
+    return False

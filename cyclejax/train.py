@@ -18,12 +18,17 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from cyclejax import checkpoints, config_check, datasets, embedded_score, input_pipeline, parallel, train_state
+from cyclejax import (checkpoints, config_check, datasets, embedded_score, input_pipeline, nonfinite, parallel,
+                      preemption, train_state)
 from cyclejax import model as model_lib
 from cyclejax.progress import Progress
 from cyclejax.samples import SampleWriter
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "where checkpoints, logs and samples go (default: a new ./runs/<time>)")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None,
+                                   "host:port of process 0, for multi-process runs outside TPU VMs (GPU clusters)")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "with --coordinator_address: how many processes")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "with --coordinator_address: this process's index")
 _CONFIG = config_flags.DEFINE_config_file("config", str(Path(__file__).parent / "configs" / "default.py"),
                                           "a config file; override keys with --config.KEY=VALUE")
 
@@ -74,6 +79,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     model = model_lib.build(config, spe)
     sample_batch = {k: input_pipeline.test_images(v[:1], config) for k, v in (("A", train_A), ("B", train_B))}
     state = train_state.create(model, config.seed, sample_batch["A"].shape[1:], sample_batch["B"].shape[1:])
+    # Replicated over the mesh first, so a checkpoint restores straight into the shardings of
+    # this run's topology (whatever topology wrote it).
+    state = parallel.replicate(state, mesh)
     mngr = checkpoints.manager(workdir, config.keep_checkpoints)
     restored = checkpoints.restore_latest(mngr, state, config)
     if restored is not None:
@@ -81,7 +89,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         if is_main:
             print(f"resumed from step {int(state.step)} in {workdir}", flush=True)
     start = int(state.step)
-    state = parallel.replicate(state, mesh)
     step_fn = parallel.compile_train_step(model, mesh)
 
     batches = input_pipeline.train_batches(train_A, train_B, config, start, jax.process_index(), jax.process_count())
@@ -89,26 +96,41 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     samples = (SampleWriter(workdir, test_A or train_A, test_B or train_B, config, model, progress.writer)
                if is_main else None)
     metrics = {}
+    record = nonfinite.init()
+    stop = preemption.Watcher(mngr)
+    done = start
     try:
         for step in range(start, total):
             batch = next(batches)
             assert int(batch["step"][0]) == step, (int(batch["step"][0]), step)
             state, metrics = step_fn(state, parallel.shard_batch({"A": batch["A"], "B": batch["B"]}, mesh))
+            record = nonfinite.track(record, metrics, step + 1)
             done = step + 1
-            progress.update(done, metrics, config.batch_size, log=config.log_every and done % config.log_every == 0)
+            log = config.log_every and done % config.log_every == 0
+            if log:
+                nonfinite.check(record)
+            progress.update(done, metrics, config.batch_size, log=log)
             if samples and config.sample_every and (done % config.sample_every == 0 or done == total):
                 samples.write(done, state)
+            if stop.requested(done) and done < total:
+                _save(mngr, state, config, record)
+                if is_main:
+                    print(f"preempted (SIGTERM) at step {done}: checkpoint saved in {workdir}; run the same "
+                          f"command again to resume", flush=True)
+                break
             if config.checkpoint_every and done % config.checkpoint_every == 0 and done < total:
-                checkpoints.save(mngr, state, config)
-        if total > start:
-            checkpoints.save(mngr, state, config)
+                _save(mngr, state, config, record)
+        else:
+            if total > start:
+                _save(mngr, state, config, record)
         mngr.wait_until_finished()
     finally:
+        stop.close()
         progress.close()
         mngr.close()
-    result = {"step": total, "metrics": {k: float(v) for k, v in jax.device_get(metrics).items()},
+    result = {"step": done, "preempted": done < total, "metrics": {k: float(v) for k, v in jax.device_get(metrics).items()},
               "train_seconds": time.time() - t_start}
-    if is_main and config.eval_at_end and datasets.kind(config.dataset) == "embedded":
+    if is_main and config.eval_at_end and done == total and datasets.kind(config.dataset) == "embedded":
         state = jax.device_get(state)
         to_B = translator(model.G_A, state.params["G_A"], state.batch_stats["G_A"])
         to_A = translator(model.G_B, state.params["G_B"], state.batch_stats["G_B"])
@@ -121,6 +143,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     return result
 
 
+def _save(mngr, state, config, record) -> None:
+    """A checkpoint, unless some step since the start went non-finite (then NonFiniteError)."""
+    nonfinite.check(record)
+    if not bool(jax.device_get(nonfinite.state_is_finite(state))):
+        raise nonfinite.NonFiniteError(f"the state at step {int(jax.device_get(state.step))} holds NaN or Inf "
+                                       f"although its losses were finite; stopped without saving it")
+    checkpoints.save(mngr, state, config)
+
+
 def default_workdir() -> Path:
     return Path("runs") / time.strftime("%Y%m%d-%H%M%S")
 
@@ -130,14 +161,26 @@ def main(argv):
     from absl import logging as absl_logging
 
     absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax and TF are chatty at INFO
+    parallel.initialize_processes(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    is_main = jax.process_index() == 0
+    if jax.process_count() > 1 and not _WORKDIR.value:
+        print("error: a run over several processes needs --workdir, a path every host reaches (e.g. gs://bucket/run)",
+              file=sys.stderr)
+        sys.exit(2)
     workdir = Path(_WORKDIR.value) if _WORKDIR.value else default_workdir()
-    print(f"cyclejax: training {_CONFIG.value.dataset} into {workdir}", flush=True)
+    if is_main:
+        print(f"cyclejax: training {_CONFIG.value.dataset} into {workdir} on {jax.device_count()} devices, "
+              f"{jax.process_count()} process(es)", flush=True)
     try:
-        train_and_evaluate(_CONFIG.value, workdir)
+        result = train_and_evaluate(_CONFIG.value, workdir)
     except (config_check.ConfigError, datasets.DatasetError, checkpoints.CheckpointMismatch) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    print(f"cyclejax: done; see {workdir} (tensorboard --logdir {workdir})", flush=True)
+    except nonfinite.NonFiniteError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(3)
+    if is_main and not result["preempted"]:
+        print(f"cyclejax: done; see {workdir} (tensorboard --logdir {workdir})", flush=True)
 
 
 if __name__ == "__main__":

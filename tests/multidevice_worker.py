@@ -13,6 +13,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from cyclejax import model as model_lib, parallel, train_state  # noqa: E402
+from tests.inert import inert_biases  # noqa: E402
 from tests.test_train_step import tiny_config  # noqa: E402
 
 
@@ -27,24 +28,6 @@ def run(devices, batches, config):
         shards = len(sharded["A"].addressable_shards)
         state, metrics = step(state, sharded)
     return jax.device_get(state), jax.device_get(metrics), shards
-
-
-def inert_biases(model, params, x):
-    """Paths of biases the network's output does not depend on (a conv bias before instance norm).
-
-    Their true gradient is zero, so Adam turns round-off into +-lr steps of random sign: they
-    differ between any two summation orders, in torch as here, without changing the function.
-    """
-    apply = jax.jit(lambda p: model.apply({"params": p}, x, train=True))
-    base = apply(params)
-    inert = set()
-    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
-        if path[-1].key != "bias":
-            continue
-        bumped = jax.tree_util.tree_map_with_path(lambda q, v: v + 1.0 if q == path else v, params)
-        if float(np.max(np.abs(apply(bumped) - base))) < 1e-4:
-            inert.add(jax.tree_util.keystr(path))
-    return inert
 
 
 def main():

@@ -87,3 +87,17 @@ def test_wrong_options_and_foreign_files_are_named(tmp_path):
 def test_torch_key_maps_flax_paths_to_official_keys():
     assert convert.torch_key(("model_10", "conv_block_1"), "weight") == "model.10.conv_block.1.weight"
     assert convert.torch_key(("model", "model_1", "model_3"), "bias") == "model.model.1.model.3.bias"
+
+
+def test_variables_to_state_dict_is_the_official_layout_and_inverts_the_conversion():
+    g = ref.ResnetGenerator(ngf=4, n_blocks=6, norm="batch")
+    g = _randomise(g, 3)
+    sd = {k: v.numpy() for k, v in g.state_dict().items() if not k.endswith("num_batches_tracked")}
+    skeleton = bundle.Bundle(config={"netG": "resnet_6blocks", "ngf": 4, "norm": "batch", "no_dropout": True,
+                                     "input_nc": 3, "output_nc": 3, "dtype": "float32"}, variables={"AtoB": {}})
+    net = skeleton.generator("AtoB")
+    variables = convert.state_dict_to_variables(sd, net, 3, 4, "mem")
+    back = convert.variables_to_state_dict(variables, net, 3, 4)
+    assert back.keys() == sd.keys()
+    for k in sd:
+        np.testing.assert_array_equal(back[k], sd[k], err_msg=k)

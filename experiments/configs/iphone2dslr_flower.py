@@ -1,0 +1,23 @@
+"""CycleGAN on iphone2dslr_flower: iPhone ↔ DSLR flower photos (1813 / 3316), photo enhancement (shallow depth
+of field), with the identity loss the paper uses for it.
+
+The paper's settings, which are the official defaults: resnet_9blocks, 70x70 PatchGAN,
+instance norm, lsgan, lambda 10, identity 0.5, pool 50, Adam 2e-4 / 0.5, batch 1,
+load 286 -> random crop 256 with flips, 100 + 100 epochs.
+
+On a TPU VM (every host of the slice runs the same command; --workdir must be shared,
+e.g. a GCS bucket):
+
+    gcloud compute tpus tpu-vm ssh $TPU --zone=$ZONE --worker=all --command="cd cyclejax && \
+        python -m cyclejax.train --config=experiments/configs/iphone2dslr_flower.py --workdir=gs://$BUCKET/iphone2dslr_flower"
+
+On one GPU or a single-host TPU: python -m cyclejax.train --config=experiments/configs/iphone2dslr_flower.py --workdir=runs/iphone2dslr_flower
+With several devices, set --config.batch_size to a multiple of the device count (the paper used 1).
+"""
+from cyclejax.configs import default
+
+
+def get_config():
+    c = default.paper()
+    c.dataset = "cycle_gan/iphone2dslr_flower"
+    return c
