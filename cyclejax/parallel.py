@@ -63,17 +63,27 @@ def compile_train_step(
 
 
 def _multi_host_tpu() -> bool:
-    hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "")
-    return "," in hosts
+    """Whether this is one host of a multi-host Cloud TPU slice (JAX's own detection: GCE metadata or
+    the GKE environment; TPU_WORKER_HOSTNAMES when set)."""
+    if "," in os.environ.get("TPU_WORKER_HOSTNAMES", ""):
+        return True
+    try:  # JAX's cluster detection is not public API: fall back to the variable above
+        from jax._src.clusters import cloud_tpu_cluster as tpu
+        for cluster in (tpu.GceTpuCluster, tpu.GkeTpuCluster):
+            if cluster.is_env_present():
+                return cluster.get_process_count() > 1
+    except Exception:  # noqa: BLE001
+        pass
+    return False
 
 
 def initialize_processes(coordinator_address: str | None = None, num_processes: int | None = None,
                          process_id: int | None = None) -> bool:
     """`jax.distributed.initialize` when this run spans several processes; True if it did.
 
-    Explicit arguments (GPU clusters, the loopback test) or a multi-host TPU slice
-    (detected from TPU_WORKER_HOSTNAMES, where JAX finds everything itself). A single
-    process is left alone. CPU collectives between processes use gloo.
+    Explicit arguments (GPU clusters, the loopback test) or a multi-host Cloud TPU slice
+    (where JAX finds the coordinator itself). A single process is left alone. CPU
+    collectives between processes use gloo.
     """
     if coordinator_address:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
