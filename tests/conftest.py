@@ -1,3 +1,18 @@
+"""Shared test settings.
+
+XLA:CPU compilation is most of the suite's time, and many tests (and the subprocesses they
+start, which inherit the environment) compile the same small programs again: a resumed run,
+each paper config, each process of the multi-host test. A persistent compilation cache for
+the session, in a fresh folder, lets XLA compile each distinct program once. It changes no
+result: a cached executable is the one that was compiled.
+"""
+import os
+import tempfile
+
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="cyclejax-xla-cache-"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
 import ml_collections
 import pytest
 

@@ -1,6 +1,8 @@
 """Several processes train one model: two local processes on loopback (CPU, gloo collectives), each
-with 2 devices, against one process with 4 devices; checkpoints move between the two topologies."""
+with 2 devices, against one process with 4 devices, both resuming one checkpoint; checkpoints
+move between topologies (one process -> two, two -> this test's single device)."""
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -64,14 +66,19 @@ def _state(workdir):
 
 @pytest.mark.slow
 def test_two_processes_train_what_one_process_trains(tmp_path):
-    two, one = tmp_path / "two", tmp_path / "one"
-    outs = _train(two, processes=2, steps=3)
-    assert "4 devices, 2 process(es)" in outs[0] and "step 3/" in outs[0]
+    one, two = tmp_path / "one", tmp_path / "two"
+    _train(one, processes=1, steps=3)
+    shutil.copytree(one, two)
+    # Both continue from the same checkpoint for 2 steps: one process with 4 devices, and two
+    # processes with 2 devices each (restoring a checkpoint written by one process).
+    _train(one, processes=1, steps=5)
+    outs = _train(two, processes=2, steps=5)
+    assert "4 devices, 2 process(es)" in outs[0] and "resumed from step 3" in outs[0] and "step 5/" in outs[0]
     # Only process 0 prints, logs and writes samples (gloo announces its connections itself).
     assert [line for line in outs[1].splitlines() if not line.startswith("[Gloo]")] == []
-    _train(one, processes=1, steps=3)
+    # The checkpoint the two processes wrote restores in this process (one device).
     (step_2, a), (step_1, b) = _state(two), _state(one)
-    assert step_2 == step_1 == 3
+    assert step_2 == step_1 == 5
     # Conv biases before instance norm have a zero true gradient, so Adam turns round-off
     # into +-lr steps of random sign there (tests/inert.py); they are left out, and the
     # networks' outputs compared instead.
@@ -90,9 +97,3 @@ def test_two_processes_train_what_one_process_trains(tmp_path):
         worst_output = max(worst_output, float(np.max(np.abs(outs[0] - outs[1]))))
     assert worst_param <= 1e-6 and worst_output <= 1e-5, (worst_param, worst_output)  # measured 1.5e-7, 1.4e-6
     np.testing.assert_array_equal(a["pool_A"]["count"], b["pool_A"]["count"])
-
-    # A checkpoint of two processes resumes in one, and one of one process resumes in two.
-    _train(two, processes=1, steps=5)
-    out = _train(one, processes=2, steps=5)
-    assert "resumed from step 3" in out[0]
-    assert _state(two)[0] == _state(one)[0] == 5

@@ -2,13 +2,15 @@
 import importlib.util
 from pathlib import Path
 
-import jax
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from cyclejax import config_check, datasets, train
+import jax
+
+from cyclejax import config_check, datasets, input_pipeline, parallel, train, train_state
+from cyclejax import model as model_lib
 from cyclejax.configs import default
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "experiments" / "configs").glob("*.py"))
@@ -38,36 +40,36 @@ def test_there_is_one_config_per_task_with_the_paper_settings():
             assert c.dataset == f"cycle_gan/{path.stem}" and c.dataset.split("/")[1] in datasets.TFDS_NAMES
 
 
-@pytest.fixture
-def shared_compilation_cache(tmp_path):
-    """The ten TFDS configs compile the same tiny program: let XLA compile it once."""
-    old = (jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs,
-           jax.config.jax_persistent_cache_min_entry_size_bytes)
-    jax.config.update("jax_compilation_cache_dir", str(tmp_path / "xla_cache"))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-    yield
-    jax.config.update("jax_compilation_cache_dir", old[0])
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", old[1])
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", old[2])
-
-
 @pytest.mark.slow
-def test_every_config_trains_one_step_on_mocked_data(tmp_path, shared_compilation_cache):
+def test_every_config_trains_one_step_on_mocked_data(tmp_path):
+    """Each config's data (mocked TFDS, or folders for cityscapes), model and state go through one
+    compiled step. Configs that differ only in their dataset compile to the same program, so
+    they share one compiled step function."""
     folder = tmp_path / "cityscapes"
     rng = np.random.default_rng(0)
     for split in ("trainA", "trainB"):
         (folder / split).mkdir(parents=True)
         for i in range(3):
             Image.fromarray(rng.integers(0, 256, (40, 80, 3), dtype=np.uint8)).save(folder / split / f"{i}.png")
-    tiny = dict(ngf=4, ndf=4, load_size=36, crop_size=32, max_dataset_size=4, pool_size=2, max_steps=1,
-                log_every=1, sample_every=0, checkpoint_every=0, eval_at_end=False, shuffle_buffer=4, prefetch=1)
+    tiny = dict(ngf=4, ndf=4, load_size=36, crop_size=32, max_dataset_size=4, pool_size=2, shuffle_buffer=4,
+                prefetch=1)
+    mesh = parallel.make_mesh()
+    compiled = {}
     for path in CONFIGS:
         c = _load(path)
         c.update(tiny)
         if path.stem == "cityscapes":
             c.dataset = str(folder)
+        config_check.validate(c, jax.device_count(), 1)
         with tfds.testing.mock_data(num_examples=4):
-            result = train.train_and_evaluate(c, tmp_path / path.stem)
-        assert result["step"] == 1, path.stem
-        assert all(np.isfinite(v) for v in result["metrics"].values()), (path.stem, result["metrics"])
+            train_A, train_B, _, _ = train.load_data(c)
+        spe = input_pipeline.steps_per_epoch(len(train_A), len(train_B), c.batch_size)
+        model = model_lib.build(c, spe)
+        program = (spe, tuple((k, repr(v)) for k, v in sorted(c.items()) if k != "dataset"))
+        step = compiled.setdefault(program, parallel.compile_train_step(model, mesh))
+        batch = next(input_pipeline.train_batches(train_A, train_B, c, 0, 0, 1))
+        state = train_state.create(model, c.seed, batch["A"].shape[1:], batch["B"].shape[1:])
+        state, metrics = step(parallel.replicate(state, mesh), parallel.shard_batch({"A": batch["A"], "B": batch["B"]}, mesh))
+        assert int(state.step) == 1, path.stem
+        assert all(np.isfinite(float(v)) for v in metrics.values()), (path.stem, metrics)
+    assert len(compiled) == 2  # the ten TFDS tasks, and cityscapes (resnet_6blocks)
