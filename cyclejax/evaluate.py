@@ -17,13 +17,13 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 from absl import app, flags
 from tqdm import tqdm
 
 from cyclejax import bundle as bundle_lib
 from cyclejax import checkpoints, datasets, embedded_score, fid, inception
 from cyclejax import export as export_lib
+from cyclejax import model as model_lib
 from cyclejax.translate import Translator
 
 
@@ -45,15 +45,9 @@ def load_model(path: str | Path) -> bundle_lib.Bundle:
 def evaluate_embedded(b: bundle_lib.Bundle) -> dict:
     for d in bundle_lib.DIRECTIONS:
         b.check_direction(d)
-    to_B, to_A = (_batched(b.translator(d)) for d in bundle_lib.DIRECTIONS)
+    to_B, to_A = (model_lib.translator(b.generator(d), b.variables[d]["params"], b.variables[d].get("batch_stats") or {})
+                  for d in bundle_lib.DIRECTIONS)
     return embedded_score.evaluate(to_B, to_A, step=b.config.get("source", {}).get("step", 0))
-
-
-def _batched(fn, batch: int = 16):
-    def run(images: np.ndarray) -> np.ndarray:
-        x = images.astype(np.float32) / 127.5 - 1.0
-        return np.concatenate([np.asarray(fn(x[i:i + batch])) for i in range(0, len(x), batch)])
-    return run
 
 
 def evaluate_fid(b: bundle_lib.Bundle, dataset: str, variables: dict, max_images: int = 0,

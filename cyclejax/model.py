@@ -7,8 +7,10 @@ from __future__ import annotations
 import dataclasses
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 
 from cyclejax import networks, optim
@@ -69,3 +71,14 @@ def build(config: ml_collections.ConfigDict, steps_per_epoch: int) -> CycleGAN:
         lambda_identity=config.lambda_identity,
         pool_size=config.pool_size,
     )
+
+
+def translator(net, params, batch_stats):
+    """A jitted function uint8 or float images -> translated float images in [-1, 1] (training-mode norms)."""
+    apply = jax.jit(lambda x: apply_train_mode(net, params, batch_stats, x))
+
+    def run(images: np.ndarray, batch: int = 16) -> np.ndarray:
+        x = images.astype(np.float32) / 127.5 - 1.0 if images.dtype == np.uint8 else images
+        return np.concatenate([np.asarray(apply(x[i:i + batch])) for i in range(0, len(x), batch)])
+
+    return run

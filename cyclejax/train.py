@@ -14,7 +14,6 @@ from pathlib import Path
 
 import jax
 import ml_collections
-import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -46,17 +45,6 @@ def load_data(config: ml_collections.ConfigDict):
         tests.append(datasets.load_images(config.dataset, split) if datasets.has_split(config.dataset, split) else [])
     test_A, test_B = _swap(config, *tests)
     return train_A, train_B, test_A, test_B
-
-
-def translator(net, params, batch_stats):
-    """A jitted function uint8 or float images -> translated float images in [-1, 1] (training-mode norms)."""
-    apply = jax.jit(lambda x: model_lib.apply_train_mode(net, params, batch_stats, x))
-
-    def run(images: np.ndarray, batch: int = 16) -> np.ndarray:
-        x = images.astype(np.float32) / 127.5 - 1.0 if images.dtype == np.uint8 else images
-        return np.concatenate([np.asarray(apply(x[i:i + batch])) for i in range(0, len(x), batch)])
-
-    return run
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
@@ -132,8 +120,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
               "train_seconds": time.time() - t_start}
     if is_main and config.eval_at_end and done == total and datasets.kind(config.dataset) == "embedded":
         state = jax.device_get(state)
-        to_B = translator(model.G_A, state.params["G_A"], state.batch_stats["G_A"])
-        to_A = translator(model.G_B, state.params["G_B"], state.batch_stats["G_B"])
+        to_B = model_lib.translator(model.G_A, state.params["G_A"], state.batch_stats["G_A"])
+        to_A = model_lib.translator(model.G_B, state.params["G_B"], state.batch_stats["G_B"])
         if config.direction == "BtoA":
             to_A, to_B = to_B, to_A
         report = embedded_score.evaluate(to_B, to_A, step=int(state.step))
