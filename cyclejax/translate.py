@@ -23,9 +23,10 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from cyclejax import bundle as bundle_lib
+from cyclejax import datasets
 
 
-EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm")
+EXTENSIONS = datasets.IMAGE_EXTENSIONS  # the same files the train command reads
 OVERLAP = 64
 
 
