@@ -1,16 +1,20 @@
 """The embedded dataset: two domains of generated 64x64 scenes, made in about a second.
 
-Content (what a translation must keep): a background colour and one to three shapes
-(disc, square, triangle) at random places and sizes, each of a colour from a fixed palette
-drawn with unequal probabilities. Appearance (what it must change):
+Content (what a translation must keep): one to three shapes (disc, square, triangle) at
+random places and sizes, each of a colour from a fixed palette drawn with unequal
+probabilities. Appearance (what it must change):
 
 - domain A: flat shapes on a light background;
 - domain B: the same content at dusk: the background darkened and tinted blue, and every
   shape filled with diagonal stripes of its colour and a darker shade (period 4 pixels).
 
-The palettes are kept across domains and their colours are drawn with unequal, distinct
+The palette is kept across domains and its colours are drawn with unequal, distinct
 probabilities, so the mapping is identifiable from unpaired data: a discriminator sees any
 permutation of the colours. The texture makes sure no per-pixel colour map solves it.
+Each domain has one background colour: instance normalisation removes each image's mean
+colour, so a generator cannot tell several background colours of one domain apart well
+enough to keep them (with three, both generators mapped every background to the most
+frequent one; experiments/embedded/README.md).
 Train splits draw A and B contents independently (unpaired); the test split renders the
 same contents in both domains, so translations are scored against ground truth
 (`cyclejax.embedded_score`).
@@ -22,8 +26,7 @@ import numpy as np
 SIZE = 64
 SHAPE_COLOURS = np.array([[0.85, 0.15, 0.15], [0.15, 0.65, 0.2], [0.2, 0.3, 0.9], [0.95, 0.8, 0.1]])
 SHAPE_PROBS = np.array([0.4, 0.3, 0.2, 0.1])
-BACKGROUNDS = np.array([[0.95, 0.9, 0.72], [0.72, 0.86, 0.95], [0.94, 0.74, 0.86]])
-BACKGROUND_PROBS = np.array([0.5, 0.3, 0.2])
+BACKGROUND = np.array([0.95, 0.9, 0.72])
 DUSK_SCALE, DUSK_TINT = 0.5, np.array([0.0, 0.03, 0.12])
 STRIPE_PERIOD, STRIPE_SHADE = 4, 0.5
 SPLITS = {"trainA": (800, 1), "trainB": (800, 2), "testA": (100, 3), "testB": (100, 3)}
@@ -32,7 +35,7 @@ SPLITS = {"trainA": (800, 1), "trainB": (800, 2), "testA": (100, 3), "testB": (1
 def _contents(n: int, seed: int, size: int = SIZE) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Background colours (n, 3), shape masks (n, 3, H, W) and shape colours (n, 3, 3)."""
     rng = np.random.default_rng(seed)
-    bg = BACKGROUNDS[rng.choice(len(BACKGROUNDS), n, p=BACKGROUND_PROBS)]
+    bg = np.broadcast_to(BACKGROUND, (n, 3))
     colours = SHAPE_COLOURS[rng.choice(len(SHAPE_COLOURS), (n, 3), p=SHAPE_PROBS)]
     count = rng.integers(1, 4, n)
     kind = rng.integers(0, 3, (n, 3))

@@ -21,6 +21,8 @@ def test_test_split_renders_the_same_content_in_both_domains():
     shapes = masks.any(axis=1)
     # Background: A is light, B dark. Shapes: B is striped (two shades), A is flat.
     assert A[~shapes].mean() > 180 and B[~shapes].mean() < 140
+    # One background colour per domain (instance norm could not keep several apart).
+    assert len(np.unique(A[~shapes], axis=0)) == 1 and len(np.unique(B[~shapes], axis=0)) == 1
     first = masks[0, 0] & ~masks[0, 1:].any(axis=0)
     assert len(np.unique(A[0][first].reshape(-1, 3), axis=0)) == 1
     assert len(np.unique(B[0][first].reshape(-1, 3), axis=0)) == 2

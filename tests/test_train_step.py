@@ -15,7 +15,8 @@ SIZE = 32
 
 def tiny_config(**overrides):
     c = default.get_config()
-    c.netG, c.ngf, c.ndf = "resnet_6blocks", 4, 4
+    # The official default discriminator (the quick-start config uses a 2-layer one).
+    c.netG, c.netD, c.n_layers_D, c.ngf, c.ndf = "resnet_6blocks", "basic", 3, 4, 4
     c.update(overrides)
     return c
 
@@ -31,8 +32,8 @@ def _torch_iteration(config, params, batch):
     nets = {
         "G_A": ref.ResnetGenerator(ngf=config.ngf, n_blocks=6),
         "G_B": ref.ResnetGenerator(ngf=config.ngf, n_blocks=6),
-        "D_A": ref.NLayerDiscriminator(ndf=config.ndf),
-        "D_B": ref.NLayerDiscriminator(ndf=config.ndf),
+        "D_A": ref.NLayerDiscriminator(ndf=config.ndf, n_layers=config.n_layers_D),
+        "D_B": ref.NLayerDiscriminator(ndf=config.ndf, n_layers=config.n_layers_D),
     }
     for k, net in nets.items():
         ref.load_flax(net, params[k])
