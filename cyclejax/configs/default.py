@@ -6,8 +6,8 @@
 Keys named as the official options (see the README's table) mean the same thing. The
 paper's settings (resnet_9blocks, ngf 64, 256x256, 200 epochs) are in `paper()` and in
 experiments/configs/; this default shrinks the networks and images so a CPU trains it in
-minutes, and uses the official `n_layers` PatchGAN with 2 layers instead of 3 (see
-below). Everything else keeps the official defaults.
+minutes, uses the official `n_layers` PatchGAN with 2 layers instead of 3, and twice the
+learning rate (see below). Everything else keeps the official defaults.
 """
 import ml_collections
 
@@ -72,6 +72,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.n_layers_D = 2
     c.ngf = 16
     c.ndf = 16
+    # Twice the official rate: 1,600 steps instead of 200 epochs. On the embedded dataset
+    # it brought B->A from 0.66 to 0.47 of the better baseline (seed 0; experiments/embedded).
+    c.lr = 4e-4
     c.load_size = 64
     c.crop_size = 64
     c.preprocess = "none"
