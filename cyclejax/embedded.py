@@ -13,7 +13,7 @@ probabilities, so the mapping is identifiable from unpaired data: a discriminato
 permutation of the colours. The texture makes sure no per-pixel colour map solves it.
 Each domain has one background colour: instance normalisation removes each image's mean
 colour, so a generator cannot tell several background colours of one domain apart well
-enough to keep them (with three, both generators mapped every background to the most
+enough to keep them (with three, the B->A generator mapped every background to the most
 frequent one; experiments/embedded/README.md).
 Train splits draw A and B contents independently (unpaired); the test split renders the
 same contents in both domains, so translations are scored against ground truth
