@@ -1,24 +1,17 @@
 """Times the compiled train step: `python -m cyclejax.bench --netG=resnet_9blocks --size=256`.
 
-Prints what it measures as it goes and, last, one JSON line with `s_per_step` (median of
-the timed steps), `compile_s`, `img_per_s`, `gflops_per_s` (XLA's cost analysis of the
-compiled step divided by the step time) and `peak_rss_mb`.
+Prints what it measures as it goes and, last, one JSON line (`cyclejax.benchmark`):
+`s_per_step`, `compile_s`, `img_per_s`, `gflops_per_s`, `peak_rss_mb`, and with
+`--breakdown` the median seconds of the step's parts.
 """
 from __future__ import annotations
 
 import json
-import platform
-import resource
-import statistics
-import time
 
-import jax
-import numpy as np
-from absl import app, flags
+from absl import flags
 
+from cyclejax import benchmark, cli
 from cyclejax import model as model_lib
-from cyclejax import parallel, train_state
-from cyclejax.configs import default
 
 _NETG = flags.DEFINE_string("netG", "resnet_9blocks", "generator architecture")
 _NETD = flags.DEFINE_string("netD", "basic", "discriminator architecture")
@@ -32,106 +25,17 @@ _WARMUP = flags.DEFINE_integer("warmup", 1, "untimed steps after compilation")
 _BREAKDOWN = flags.DEFINE_bool("breakdown", False, "also time the parts of a step (generator, discriminator, ...)")
 
 
-def compiled_flops(compiled) -> float:
-    analysis = compiled.cost_analysis()
-    if isinstance(analysis, (list, tuple)):
-        analysis = analysis[0] if analysis else {}
-    return float((analysis or {}).get("flops", float("nan")))
-
-
-def benchmark(netG: str, netD: str, size: int, batch: int, dtype: str, ngf: int, ndf: int,
-              steps: int, warmup: int) -> dict:
-    config = default.paper()
-    config.update(netG=netG, netD=netD, ngf=ngf, ndf=ndf, dtype=dtype, batch_size=batch)
-    model = model_lib.build(config, steps_per_epoch=1000)
-    mesh = parallel.make_mesh()
-    parallel.check_batch_size(batch, mesh)
-    shape = (size, size, 3)
-    state = parallel.replicate(train_state.create(model, config.seed, shape, shape), mesh)
-    rng = np.random.default_rng(0)
-    batch_np = {k: rng.uniform(-1, 1, (batch, *shape)).astype(np.float32) for k in "AB"}
-    data = parallel.shard_batch(batch_np, mesh)
-
-    t0 = time.perf_counter()
-    compiled = parallel.compile_train_step(model, mesh).lower(state, data).compile()
-    compile_s = time.perf_counter() - t0
-    flops = compiled_flops(compiled)
-    print(f"compiled in {compile_s:.1f} s; {flops / 1e12:.3f} TFLOP per step (XLA cost analysis)", flush=True)
-
-    for _ in range(warmup):
-        state, metrics = compiled(state, data)
-    jax.block_until_ready(metrics)
-    times = []
-    for i in range(steps):
-        t = time.perf_counter()
-        state, metrics = compiled(state, data)
-        jax.block_until_ready(metrics)
-        times.append(time.perf_counter() - t)
-        print(f"step {i + 1}/{steps}: {times[-1]:.3f} s", flush=True)
-    s_per_step = statistics.median(times)
-    return {
-        "netG": netG, "netD": netD, "size": size, "batch": batch, "dtype": dtype, "ngf": ngf, "ndf": ndf,
-        "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}", "host": platform.node(),
-        "s_per_step": s_per_step, "compile_s": compile_s, "img_per_s": batch / s_per_step,
-        "tflop_per_step": flops / 1e12, "gflops_per_s": flops / s_per_step / 1e9,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "step_times": times,
-    }
-
-
-def _time(fn, *args, steps: int) -> float:
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(steps):
-        t = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
-
-
-def breakdown(netG: str, netD: str, size: int, batch: int, dtype: str, ngf: int, ndf: int, steps: int) -> dict:
-    """Median seconds of the parts of one step, each compiled on its own."""
-    import jax.numpy as jnp
-
-    from cyclejax.layers import conv_transpose
-    from cyclejax.train_step import _Runner, discriminator_loss, generator_loss
-
-    config = default.paper()
-    config.update(netG=netG, netD=netD, ngf=ngf, ndf=ndf, dtype=dtype, batch_size=batch)
-    model = model_lib.build(config, steps_per_epoch=1000)
-    shape = (size, size, 3)
-    state = train_state.create(model, config.seed, shape, shape)
-    x = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (batch, *shape)), jnp.float32)
-    key = jax.random.PRNGKey(0)
-    g_fwd = jax.jit(lambda p, x: model.G_A.apply({"params": p}, x))
-    d_fwd = jax.jit(lambda p, x: model.D_A.apply({"params": p}, x))
-    g_loss = jax.jit(jax.value_and_grad(
-        lambda g: generator_loss(g, state.d_params, _Runner(model, state.batch_stats, key), x, x)[0]))
-    d_loss = jax.jit(jax.value_and_grad(
-        lambda d: discriminator_loss(d, _Runner(model, state.batch_stats, key), x, x, x, x, key)[0]))
-    up_in = jnp.ones((batch, size // 4, size // 4, 4 * ngf))
-    up_k = jnp.ones((3, 3, 4 * ngf, 2 * ngf)) * 0.01
-    up_grad = jax.jit(jax.grad(lambda h, k: jnp.sum(conv_transpose(h, k, 2, 1, 1) ** 2), argnums=(0, 1)))
-    return {
-        "G_forward_s": _time(g_fwd, state.params["G_A"], x, steps=steps),
-        "D_forward_s": _time(d_fwd, state.params["D_A"], x, steps=steps),
-        "generator_update_grad_s": _time(g_loss, state.g_params, steps=steps),
-        "discriminator_update_grad_s": _time(d_loss, state.d_params, steps=steps),
-        "first_upsampling_fwd_bwd_s": _time(up_grad, up_in, up_k, steps=steps),
-    }
-
-
 def main(argv):
     del argv
-    result = benchmark(_NETG.value, _NETD.value, _SIZE.value, _BATCH.value, _DTYPE.value, _NGF.value,
-                       _NDF.value, _STEPS.value, _WARMUP.value)
+    sizes = dict(netG=_NETG.value, netD=_NETD.value, size=_SIZE.value, batch=_BATCH.value, dtype=_DTYPE.value,
+                 ngf=_NGF.value, ndf=_NDF.value, steps=_STEPS.value)
+    result = benchmark.benchmark(warmup=_WARMUP.value, **sizes)
     if _BREAKDOWN.value:
-        result["breakdown"] = breakdown(_NETG.value, _NETD.value, _SIZE.value, _BATCH.value, _DTYPE.value,
-                                        _NGF.value, _NDF.value, _STEPS.value)
+        result["breakdown"] = benchmark.breakdown(**sizes)
         for k, v in result["breakdown"].items():
             print(f"{k}: {v:.3f}", flush=True)
     print(json.dumps(result))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

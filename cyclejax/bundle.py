@@ -17,12 +17,17 @@ with jax alone, without cyclejax:
     exported = jax.export.deserialize(open("AtoB.jax_export", "rb").read())
     y = exported.call(x)
 
-`load(path)` reads a bundle back; `Bundle.translator(direction)` gives a jitted function.
+Where bundles come from: `from_workdir` (a training run's checkpoint, `python -m
+cyclejax.export`), `from_official` (the official PyTorch generators, `python -m
+cyclejax.convert`). `load(path)` reads a bundle back, `load_any(path)` a bundle or a
+training workdir; `Bundle.jit_apply(direction)` is the jitted generator.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +37,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cyclejax import checkpoints, downloads, networks, pretrained, torch_weights
 from cyclejax import model as model_lib
-from cyclejax import networks
+from cyclejax.errors import UserError
 
 FORMAT = "cyclejax-generator-bundle"
 VERSION = 1
@@ -41,8 +47,8 @@ DIRECTIONS = ("AtoB", "BtoA")
 GENERATOR_KEYS = ("netG", "ngf", "norm", "no_dropout", "input_nc", "output_nc", "dtype")
 
 
-class BundleError(ValueError):
-    pass
+class BundleError(UserError):
+    """A folder that is not a readable bundle, or a direction it does not hold."""
 
 
 @dataclasses.dataclass
@@ -78,8 +84,16 @@ class Bundle:
         v = self.variables[direction]
         return lambda x: model_lib.apply_train_mode(net, v["params"], v.get("batch_stats") or {}, x).astype(jnp.float32)
 
-    def translator(self, direction: str):
+    def jit_apply(self, direction: str):
         return jax.jit(self.apply_fn(direction))
+
+    def describe(self) -> str:
+        """What the generators are, in the official options' words."""
+        c = self.config
+        if c["netG"].startswith("unet"):
+            return f"U-Net generator ({c['netG']}) with ngf={c['ngf']}, norm={c['norm']}"
+        blocks = c["netG"].removeprefix("resnet_").removesuffix("blocks")
+        return f"ResNet generator with {blocks} blocks, ngf={c['ngf']}, norm={c['norm']}"
 
 
 def domain_names(dataset: str) -> dict[str, str]:
@@ -168,3 +182,74 @@ def _check_shapes(bundle: Bundle, direction: str, where: str) -> None:
     if want != got:
         raise BundleError(f"{where} does not hold a {bundle.config['netG']} generator with ngf={bundle.config['ngf']} "
                           f"and norm={bundle.config['norm']} as bundle.json says; the bundle is corrupt")
+
+
+def from_workdir(workdir: str | Path, step: int | None = None) -> Bundle:
+    """The bundle of a run's checkpoint (default: the latest), its directions named after the dataset's A and B."""
+    try:
+        config, params, stats, step = checkpoints.restore_generators(workdir, step)
+    except FileNotFoundError as e:
+        raise BundleError(str(e)) from e
+    # With direction=BtoA the run trained G_A on the dataset's B images: undo the swap so that
+    # 'AtoB' always means the dataset's trainA -> trainB.
+    a_to_b, b_to_a = ("G_B", "G_A") if config.get("direction") == "BtoA" else ("G_A", "G_B")
+    variables = {"AtoB": {"params": params[a_to_b], "batch_stats": stats[a_to_b]},
+                 "BtoA": {"params": params[b_to_a], "batch_stats": stats[b_to_a]}}
+    gen = generator_config(config, domains=domain_names(config["dataset"]),
+                           source={"workdir": str(Path(workdir).absolute()), "step": step,
+                                   "dataset": config["dataset"]})
+    if config.get("direction") == "BtoA":
+        gen["input_nc"], gen["output_nc"] = config["output_nc"], config["input_nc"]
+    return Bundle(config=gen, variables=variables)
+
+
+def from_official(files: dict[str, str | Path], netG: str = "resnet_9blocks", ngf: int = 64, norm: str = "instance",
+                  no_dropout: bool = True, input_nc: int = 3, output_nc: int = 3,
+                  domains: dict[str, str] | None = None) -> Bundle:
+    """A bundle from official generator files: {'AtoB': G_A.pth, 'BtoA': G_B.pth} or just {'AtoB': ...}."""
+    config = {"netG": netG, "ngf": ngf, "norm": norm, "no_dropout": no_dropout, "input_nc": input_nc,
+              "output_nc": output_nc, "dtype": "float32"}
+    config["domains"] = domains or domain_names(Path(next(iter(files.values()))).stem)
+    config["source"] = {"converted_from": {d: str(Path(f).absolute()) for d, f in files.items()}}
+    skeleton = Bundle(config=config, variables={d: {} for d in files})
+    variables = {}
+    for direction, f in files.items():
+        nc = input_nc if direction == "AtoB" else output_nc
+        variables[direction] = torch_weights.state_dict_to_variables(
+            torch_weights.load_pth(f), skeleton.generator(direction), nc, skeleton.multiple, str(f),
+            describe=skeleton.describe())
+        variables[direction].setdefault("batch_stats", {})
+    return Bundle(config=config, variables=variables)
+
+
+def from_pretrained(name: str, progress: bool | None = None) -> Bundle:
+    """An official released generator by name (`pretrained.NAMES`): its .pth downloaded once and
+    sha256-checked on every use, converted once into a bundle cached beside it."""
+    pth = pretrained.generator_file(name, progress)
+    cached = downloads.cache_root() / "bundles" / f"{name}-{downloads.recorded_sha256(pth)[:16]}"
+    if (cached / "bundle.json").is_file():
+        return load(cached)
+    a, _, b = name.partition("2")
+    domains = {"A": "photo", "B": name.removeprefix("style_")} if name.startswith("style_") else {"A": a, "B": b}
+    b = from_official({"AtoB": pth}, domains=domains)
+    b.config["source"] = {"pretrained": name, "url": pretrained.base_url() + f"{name}.pth"}
+    tmp = cached.with_name(f".{cached.name}.{os.getpid()}.part")
+    shutil.rmtree(tmp, ignore_errors=True)
+    save(b, tmp)
+    shutil.rmtree(cached, ignore_errors=True)
+    os.replace(tmp, cached)  # a kill while converting leaves no half bundle under the final name
+    return b
+
+
+def load_any(model: str | Path) -> Bundle:
+    """A bundle folder, a training workdir exported on the fly (its latest checkpoint), or the
+    name of an official pretrained generator (`python -m cyclejax.pretrained` lists them)."""
+    path = Path(model)
+    if (path / "bundle.json").is_file():
+        return load(path)
+    if (path / "checkpoints").is_dir():
+        return from_workdir(path)
+    if not path.exists() and str(model) in pretrained.NAMES:
+        return from_pretrained(str(model))
+    raise BundleError(f"{path} is neither a bundle (no bundle.json), a training workdir (no checkpoints/) nor the "
+                      f"name of a pretrained model ({', '.join(pretrained.NAMES)})")

@@ -13,6 +13,7 @@ import numpy as np
 import ml_collections
 import orbax.checkpoint as ocp
 
+from cyclejax.errors import UserError
 from cyclejax.train_state import TrainState
 
 # Keys that change the shapes or meaning of the saved arrays: a checkpoint made with other
@@ -21,8 +22,8 @@ ARCHITECTURE_KEYS = ("netG", "netD", "n_layers_D", "ngf", "ndf", "norm", "input_
                      "crop_size", "no_dropout")
 
 
-class CheckpointMismatch(ValueError):
-    pass
+class CheckpointMismatch(UserError):
+    """A workdir whose checkpoint was made with another architecture."""
 
 
 def manager(workdir: str | Path, keep: int = 3) -> ocp.CheckpointManager:

@@ -4,10 +4,11 @@ from __future__ import annotations
 import ml_collections
 
 from cyclejax import input_pipeline, layers, losses, model, networks
+from cyclejax.errors import UserError
 
 
-class ConfigError(ValueError):
-    pass
+class ConfigError(UserError):
+    """A config value that cannot work; the message names the key and what is allowed."""
 
 
 def _one_of(config, key, allowed):
@@ -16,8 +17,8 @@ def _one_of(config, key, allowed):
 
 
 def validate(config: ml_collections.ConfigDict, device_count: int, process_count: int = 1) -> None:
-    _one_of(config, "netG", networks.GENERATORS)
-    _one_of(config, "netD", networks.DISCRIMINATORS)
+    _one_of(config, "netG", networks.GENERATOR_ARCHS)
+    _one_of(config, "netD", networks.DISCRIMINATOR_ARCHS)
     _one_of(config, "norm", layers.NORMS)
     _one_of(config, "init_type", layers.INIT_TYPES)
     _one_of(config, "gan_mode", losses.GAN_MODES)

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from cyclejax import embedded
+from cyclejax.errors import UserError
 
 TFDS_NAMES = ("apple2orange", "summer2winter_yosemite", "horse2zebra", "monet2photo", "cezanne2photo",
               "ukiyoe2photo", "vangogh2photo", "maps", "facades", "iphone2dslr_flower")
@@ -18,7 +19,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", "
 SPLITS = ("trainA", "trainB", "testA", "testB")
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError):
     """A dataset that cannot be read, with what was asked, what exists and what to do."""
 
 

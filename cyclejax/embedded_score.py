@@ -73,7 +73,7 @@ def colour_transfer(x: np.ndarray, target_mean: np.ndarray, target_std: np.ndarr
     return np.clip((x - mean) / std * target_std + target_mean, 0, 1)
 
 
-def evaluate(translate_AtoB: Callable[[np.ndarray], np.ndarray], translate_BtoA: Callable[[np.ndarray], np.ndarray],
+def score(translate_AtoB: Callable[[np.ndarray], np.ndarray], translate_BtoA: Callable[[np.ndarray], np.ndarray],
              step: int = 0) -> dict:
     """The eval.json report. `translate_*` map uint8 (n, H, W, 3) to float images in [-1, 1]."""
     test_A, test_B, masks = embedded.load_test_pairs()

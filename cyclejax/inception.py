@@ -10,9 +10,8 @@ ported to PyTorch), downloaded once by a user with internet:
 
     wget https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth
 
-and read with torch (`pip install "cyclejax[torch]"`), or from an .npz of the same keys
-(`save_npz`) where torch is not installed. Inputs are images in [0, 1] at 299x299, scaled
-to [-1, 1] inside as pytorch-fid does.
+and read by `torch_weights.load_pth`, or from an .npz of the same keys (`save_npz`).
+Inputs are images in [0, 1] at 299x299, scaled to [-1, 1] inside as pytorch-fid does.
 """
 from __future__ import annotations
 
@@ -25,26 +24,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cyclejax.layers import BatchNorm
+from cyclejax import torch_weights
+from cyclejax.errors import UserError
+from cyclejax.layers import BatchNorm, Conv
 
 WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
 WEIGHTS_URL = f"https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/{WEIGHTS_FILE}"
 SIZE = 299
 FEATURES = 2048
-
-
-class ConvNoBias(nn.Module):
-    features: int
-    kernel: Sequence[int]
-    stride: int = 1
-    padding: Sequence[int] = (0, 0)
-
-    @nn.compact
-    def __call__(self, x):
-        k = self.param("kernel", nn.initializers.lecun_normal(), (*self.kernel, x.shape[-1], self.features))
-        (ph, pw) = self.padding
-        return jax.lax.conv_general_dilated(x, k, (self.stride, self.stride), ((ph, ph), (pw, pw)),
-                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
 class BasicConv(nn.Module):
@@ -57,7 +44,8 @@ class BasicConv(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        x = ConvNoBias(self.features, tuple(self.kernel), self.stride, tuple(self.padding), name="conv")(x)
+        x = Conv(self.features, tuple(self.kernel), self.stride, tuple(self.padding), use_bias=False,
+                 kernel_init=nn.initializers.lecun_normal(), name="conv")(x)
         return nn.relu(BatchNorm(init_gain=0.0, eps=1e-3, name="bn")(x, train=False))
 
 
@@ -181,28 +169,28 @@ def torch_key(path: tuple[str, ...], leaf: str) -> str:
     return ".".join(path + (leaf,))
 
 
-def load_weights(path: str | Path) -> dict:
-    """Variables of `FIDInception` from pytorch-fid's weight file (.pth, needs torch) or an .npz of it."""
-    from cyclejax import convert  # the generic state-dict mapping
+class MissingWeights(UserError):
+    """The Inception weight file is not there."""
 
+
+def load_weights(path: str | Path) -> dict:
+    """Variables of `FIDInception` from pytorch-fid's weight file (.pth) or an .npz of it."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"the Inception weights {path} do not exist; download them once with\n"
-                                f"  wget {WEIGHTS_URL}\nand pass --inception_weights=<that file>")
+        raise MissingWeights(f"the Inception weights {path} do not exist; download them once with "
+                             f"`wget {WEIGHTS_URL}` and pass --inception_weights=<that file>")
     if path.suffix == ".npz":
         with np.load(path) as f:
             sd = dict(f)
     else:
-        sd = convert.load_pth(path)
-    return convert.state_dict_to_variables(sd, FIDInception(), 3, SIZE, str(path), key_fn=torch_key,
-                                           ignore=("fc.",))
+        sd = torch_weights.load_pth(path)
+    return torch_weights.state_dict_to_variables(sd, FIDInception(), 3, SIZE, str(path), key_fn=torch_key,
+                                                 ignore=("fc.",))
 
 
 def save_npz(path_pth: str | Path, path_npz: str | Path) -> None:
-    """The weight file as an .npz of the same keys, for machines without torch."""
-    from cyclejax import convert
-
-    np.savez(path_npz, **convert.load_pth(path_pth))
+    """The weight file as an .npz of the same keys."""
+    np.savez(path_npz, **torch_weights.load_pth(path_pth))
 
 
 @functools.lru_cache(maxsize=2)

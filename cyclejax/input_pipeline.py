@@ -98,7 +98,7 @@ def train_batches(images_A: list[np.ndarray], images_B: list[np.ndarray], config
     return ds.as_numpy_iterator()
 
 
-def test_images(images: list[np.ndarray], config) -> np.ndarray:
+def eval_images(images: list[np.ndarray], config) -> np.ndarray:
     """Test-time preprocessing (load_size = crop_size, no flip) of same-sized images -> float32 batch."""
     out = [preprocess(tf.constant(img), tf.constant([0, 0], tf.int64), config, False).numpy() for img in images]
     return np.stack(out).astype(np.float32)

@@ -11,13 +11,14 @@ checks them against torch itself):
   a stride-1 convolution followed by depth-to-space (the sub-pixel form). It computes the
   same function; XLA:CPU runs the backward of a strided transposed convolution roughly ten
   times slower than this form (experiments/bench/README.md).
-- `Conv`: `nn.Conv2d` with explicit zero padding and the official initialisation.
+- `Conv`: `nn.Conv2d` with explicit zero padding.
 - `kernel_init`: the official `init_weights` (normal, xavier, kaiming, orthogonal).
+- `norm_layer`: the official `get_norm_layer`, as a module definition.
 """
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -28,6 +29,7 @@ INIT_TYPES = ("normal", "xavier", "kaiming", "orthogonal")
 NORMS = ("instance", "batch", "none")
 
 Dtype = Any
+ModuleDef = Any  # a module class or a functools.partial of one: called as `layer(name=...)`
 
 
 def reflect_pad(x: jax.Array, pad: int) -> jax.Array:
@@ -66,21 +68,39 @@ def kernel_init(init_type: str = "normal", gain: float = 0.02, transposed: bool 
     raise ValueError(f"init_type must be one of {INIT_TYPES}, got {init_type!r}")
 
 
-def Conv(features: int, kernel_size: int, stride: int = 1, padding: int = 0, use_bias: bool = True,
-         init_type: str = "normal", init_gain: float = 0.02, dtype: Dtype = jnp.float32, name: str | None = None) -> nn.Conv:
-    """`nn.Conv2d(in, features, kernel_size, stride, padding, bias)` with zero padding."""
-    k, p = kernel_size, padding
-    return nn.Conv(
-        features,
-        (k, k),
-        strides=(stride, stride),
-        padding=((p, p), (p, p)),
-        use_bias=use_bias,
-        dtype=dtype,
-        kernel_init=kernel_init(init_type, init_gain),
-        bias_init=nn.initializers.zeros,
-        name=name,
-    )
+class Conv(nn.Module):
+    """`nn.Conv2d(in, features, kernel_size, stride, padding, bias)` with zero padding.
+
+    `kernel_size` and `padding` are an int or an (h, w) pair. Parameters are kept in float32
+    (`kernel` (kh, kw, in, out), `bias`); the convolution runs in `dtype`.
+    """
+
+    features: int
+    kernel_size: int | tuple[int, int]
+    stride: int = 1
+    padding: int | tuple[int, int] = 0
+    use_bias: bool = True
+    kernel_init: Callable = nn.initializers.normal(stddev=0.02)
+    dtype: Dtype = jnp.float32
+
+    def kernel_and_bias(self, in_features: int) -> tuple[jax.Array, jax.Array | None]:
+        """The parameters, cast to the compute dtype."""
+        kh, kw = _pair(self.kernel_size)
+        kernel = self.param("kernel", self.kernel_init, (kh, kw, in_features, self.features), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32) if self.use_bias else None
+        return kernel.astype(self.dtype), None if bias is None else bias.astype(self.dtype)
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kernel, bias = self.kernel_and_bias(x.shape[-1])
+        ph, pw = _pair(self.padding)
+        y = jax.lax.conv_general_dilated(x.astype(self.dtype), kernel, (self.stride, self.stride),
+                                         ((ph, ph), (pw, pw)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return y if bias is None else y + bias
+
+
+def _pair(v: int | tuple[int, int]) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else tuple(v)
 
 
 @functools.lru_cache(maxsize=None)
@@ -136,37 +156,21 @@ def conv_transpose(x: jax.Array, kernel: jax.Array, stride: int, padding: int, o
     return y.reshape(n, h * stride, w * stride, cout)
 
 
-class ConvTranspose(nn.Module):
+class ConvTranspose(Conv):
     """`nn.ConvTranspose2d(in, features, kernel_size, stride, padding, output_padding, bias)`.
 
     The kernel parameter is stored as (kh, kw, in, out), the torch weight (in, out, kh, kw)
     transposed, so that parameter counts and conversions match the official ones.
+    `kernel_init` should be `kernel_init(..., transposed=True)`.
     """
 
-    features: int
-    kernel_size: int
-    stride: int = 2
-    padding: int = 1
     output_padding: int = 0
-    use_bias: bool = True
-    init_type: str = "normal"
-    init_gain: float = 0.02
-    dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        k = self.kernel_size
-        kernel = self.param(
-            "kernel",
-            kernel_init(self.init_type, self.init_gain, transposed=True),
-            (k, k, x.shape[-1], self.features),
-            jnp.float32,
-        )
-        y = conv_transpose(x.astype(self.dtype), kernel.astype(self.dtype), self.stride, self.padding, self.output_padding)
-        if self.use_bias:
-            bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
-            y = y + bias.astype(self.dtype)
-        return y
+        kernel, bias = self.kernel_and_bias(x.shape[-1])
+        y = conv_transpose(x.astype(self.dtype), kernel, self.stride, self.padding, self.output_padding)
+        return y if bias is None else y + bias
 
 
 class BatchNorm(nn.Module):
@@ -205,17 +209,32 @@ class BatchNorm(nn.Module):
         return y.astype(dtype)
 
 
-def Norm(kind: str, init_gain: float = 0.02, name: str | None = None):
-    """The official `get_norm_layer(norm)`: a callable `(x, train) -> x`.
+class InstanceNorm(nn.Module):
+    """`nn.InstanceNorm2d(affine=False)` as a module (no parameters, `train` ignored)."""
 
-    'instance' has no parameters; 'batch' is a `BatchNorm` module called `name`.
-    """
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
+        del train
+        return instance_norm(x)
+
+
+class NoNorm(nn.Module):
+    """norm='none': the identity."""
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
+        del train
+        return x
+
+
+def norm_layer(kind: str, init_gain: float = 0.02) -> ModuleDef:
+    """The official `get_norm_layer(norm)`: a module definition called as `norm(name=...)(x, train)`."""
     if kind == "instance":
-        return lambda x, train: instance_norm(x)
+        return InstanceNorm
     if kind == "batch":
-        return BatchNorm(init_gain=init_gain, name=name)
+        return functools.partial(BatchNorm, init_gain=init_gain)
     if kind == "none":
-        return lambda x, train: x
+        return NoNorm
     raise ValueError(f"norm must be one of {NORMS}, got {kind!r}")
 
 

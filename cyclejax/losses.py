@@ -10,6 +10,8 @@ import jax
 import jax.numpy as jnp
 
 GAN_MODES = ("lsgan", "vanilla", "wgangp")
+# The eight losses a train step reports, in the order the official code prints them.
+METRICS = ("D_A", "G_A", "cycle_A", "idt_A", "D_B", "G_B", "cycle_B", "idt_B")
 
 
 def gan_loss(prediction: jax.Array, target_is_real: bool, gan_mode: str = "lsgan") -> jax.Array:

@@ -73,8 +73,9 @@ def build(config: ml_collections.ConfigDict, steps_per_epoch: int) -> CycleGAN:
     )
 
 
-def translator(net, params, batch_stats):
-    """A jitted function uint8 or float images -> translated float images in [-1, 1] (training-mode norms)."""
+def batch_translator(net, params, batch_stats):
+    """A function of an array of same-sized images (uint8, or float in [-1, 1]) -> their translations as
+    float images in [-1, 1], run `batch` at a time through one jitted generator (training-mode norms)."""
     apply = jax.jit(lambda x: apply_train_mode(net, params, batch_stats, x))
 
     def run(images: np.ndarray, batch: int = 16) -> np.ndarray:

@@ -12,11 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cyclejax.train_step import METRICS
-
-
-class NonFiniteError(RuntimeError):
-    pass
+from cyclejax.errors import NonFiniteError
+from cyclejax.losses import METRICS
 
 
 def init() -> dict[str, jax.Array]:

@@ -1,22 +1,19 @@
-"""Data parallelism: a 1-D device mesh, explicit shardings, and the compiled train step.
+"""Data parallelism: a 1-D device mesh, its shardings, placing batches and state, process start-up.
 
 The batch is split over the mesh's `data` axis and the train state is replicated. Losses
 are means over the global batch, so under `jax.jit` XLA averages the gradients across
 devices itself (one all-reduce per update): the numbers equal those of one device with
-the same global batch.
+the same global batch. The jitted step that uses these shardings is
+`train_step.jit_train_step`.
 """
 from __future__ import annotations
 
 import os
-from typing import Callable, Sequence
+from typing import Any, Sequence
 
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-
-from cyclejax.model import CycleGAN
-from cyclejax.train_state import TrainState
-from cyclejax.train_step import Batch, make_train_step
 
 DATA_AXIS = "data"
 
@@ -34,32 +31,15 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
 
-def check_batch_size(global_batch: int, mesh: Mesh) -> None:
-    n = mesh.devices.size
-    if global_batch % n:
-        raise ValueError(f"batch_size={global_batch} must be a multiple of the {n} devices in the mesh")
-
-
-def shard_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> Batch:
+def shard_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
     """This process's rows of the global batch -> global arrays sharded over `data`."""
     sharding = batch_sharding(mesh)
     return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local_batch.items()}
 
 
-def replicate(state: TrainState, mesh: Mesh) -> TrainState:
-    return jax.device_put(state, replicated(mesh))
-
-
-def compile_train_step(
-    model: CycleGAN, mesh: Mesh
-) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
-    """`jax.jit` of the train step: state replicated and donated, batch sharded over `data`."""
-    return jax.jit(
-        make_train_step(model),
-        in_shardings=(replicated(mesh), batch_sharding(mesh)),
-        out_shardings=(replicated(mesh), replicated(mesh)),
-        donate_argnums=0,
-    )
+def replicate(tree: Any, mesh: Mesh) -> Any:
+    """Every array of `tree` (e.g. the train state) on every device of the mesh."""
+    return jax.device_put(tree, replicated(mesh))
 
 
 def _multi_host_tpu() -> bool:

@@ -13,7 +13,7 @@ import jax
 import tensorflow as tf
 from tqdm import tqdm
 
-from cyclejax.train_step import METRICS
+from cyclejax.losses import METRICS
 
 
 class Progress:

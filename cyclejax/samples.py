@@ -23,8 +23,8 @@ class SampleWriter:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.writer = writer  # the run's one TensorBoard writer (Progress.writer)
         pick = lambda imgs: [imgs[i] for i in np.linspace(0, len(imgs) - 1, ROWS).astype(int)]  # noqa: E731
-        self.real_A = input_pipeline.test_images(pick(images_A), config)
-        self.real_B = input_pipeline.test_images(pick(images_B), config)
+        self.real_A = input_pipeline.eval_images(pick(images_A), config)
+        self.real_B = input_pipeline.eval_images(pick(images_B), config)
 
         @jax.jit
         def translate(params, batch_stats, real_A, real_B):

@@ -11,8 +11,8 @@ from cyclejax import image_pool
 from cyclejax.model import CycleGAN
 
 NETS = ("G_A", "G_B", "D_A", "D_B")
-GENERATORS = ("G_A", "G_B")
-DISCRIMINATORS = ("D_A", "D_B")
+GENERATOR_NETS = ("G_A", "G_B")
+DISCRIMINATOR_NETS = ("D_A", "D_B")
 
 
 @flax.struct.dataclass
@@ -28,11 +28,11 @@ class TrainState:
 
     @property
     def g_params(self) -> dict[str, Any]:
-        return {k: self.params[k] for k in GENERATORS}
+        return {k: self.params[k] for k in GENERATOR_NETS}
 
     @property
     def d_params(self) -> dict[str, Any]:
-        return {k: self.params[k] for k in DISCRIMINATORS}
+        return {k: self.params[k] for k in DISCRIMINATOR_NETS}
 
 
 def create(model: CycleGAN, seed: int, shape_A: tuple[int, int, int], shape_B: tuple[int, int, int]) -> TrainState:
@@ -53,8 +53,8 @@ def create(model: CycleGAN, seed: int, shape_A: tuple[int, int, int], shape_B: t
         variables = init({"params": keys[name]}, inputs[name], train=False)
         params[name] = variables["params"]
         batch_stats[name] = variables.get("batch_stats", {})
-    g = {k: params[k] for k in GENERATORS}
-    d = {k: params[k] for k in DISCRIMINATORS}
+    g = {k: params[k] for k in GENERATOR_NETS}
+    d = {k: params[k] for k in DISCRIMINATOR_NETS}
     return TrainState(
         params=params,
         batch_stats=batch_stats,

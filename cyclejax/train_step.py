@@ -15,15 +15,18 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from cyclejax import image_pool, losses
+from jax.sharding import Mesh
+
+from cyclejax import image_pool, losses, parallel
+from cyclejax.losses import METRICS
 from cyclejax.model import CycleGAN, apply_train_mode
 from cyclejax.train_state import TrainState
 
 Batch = dict[str, jax.Array]  # {'A': (N, H, W, C_A), 'B': (N, H, W, C_B)}, values in [-1, 1]
-METRICS = ("D_A", "G_A", "cycle_A", "idt_A", "D_B", "G_B", "cycle_B", "idt_B")
+StepFn = Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]
 
 
-class _Runner:
+class NetworkApplier:
     """Applies the networks in training mode, threading running statistics and dropout keys."""
 
     def __init__(self, model: CycleGAN, batch_stats: dict[str, Any], key: jax.Array):
@@ -43,13 +46,13 @@ class _Runner:
             return y
         return net.apply({"params": params}, x, train=True, rngs=rngs)
 
-    def peek(self, name: str, params: Any, x: jax.Array) -> jax.Array:
+    def without_stats(self, name: str, params: Any, x: jax.Array) -> jax.Array:
         """Applies a network in training mode without recording its statistics (for the penalty)."""
         return apply_train_mode(getattr(self.model, name), params, self.stats[name], x,
                                 rngs={"dropout": jax.random.fold_in(self.key, 0)})
 
 
-def generator_loss(g_params, d_params, run: _Runner, real_A, real_B):
+def generator_loss(g_params, d_params, run: NetworkApplier, real_A, real_B):
     """The official `backward_G`: returns (loss, (fakes, the six generator-side losses))."""
     m = run.model
     fake_B = run("G_A", g_params["G_A"], real_A)
@@ -73,7 +76,7 @@ def generator_loss(g_params, d_params, run: _Runner, real_A, real_B):
     return total, (fake_A, fake_B, parts)
 
 
-def discriminator_loss(d_params, run: _Runner, real_A, real_B, fake_A, fake_B, gp_key):
+def discriminator_loss(d_params, run: NetworkApplier, real_A, real_B, fake_A, fake_B, gp_key):
     """The official `backward_D_A` + `backward_D_B` on pooled fakes (no gradient into G)."""
     m = run.model
 
@@ -82,7 +85,7 @@ def discriminator_loss(d_params, run: _Runner, real_A, real_B, fake_A, fake_B, g
                       + losses.gan_loss(run(name, d_params[name], fake), False, m.gan_mode))
         if m.gan_mode == "wgangp":
             # Not called by the official CycleGAN; the README explains why we add it here.
-            loss = loss + losses.gradient_penalty(lambda x: run.peek(name, d_params[name], x), real, fake, key)
+            loss = loss + losses.gradient_penalty(lambda x: run.without_stats(name, d_params[name], x), real, fake, key)
         return loss
 
     key_A, key_B = jax.random.split(gp_key)
@@ -91,8 +94,8 @@ def discriminator_loss(d_params, run: _Runner, real_A, real_B, fake_A, fake_B, g
     return loss_D_A + loss_D_B, dict(D_A=loss_D_A, D_B=loss_D_B)
 
 
-def make_train_step(model: CycleGAN) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
-    """The un-jitted step for `model`; see `parallel.compile_train_step` for the compiled one."""
+def make_train_step(model: CycleGAN) -> StepFn:
+    """The un-jitted step for `model`; `jit_train_step` compiles it."""
 
     def train_step(state: TrainState, batch: Batch):
         real_A = batch["A"].astype(jnp.float32)
@@ -103,7 +106,7 @@ def make_train_step(model: CycleGAN) -> Callable[[TrainState, Batch], tuple[Trai
 
         # Generators, discriminators frozen.
         def g_objective(g):
-            run = _Runner(model, state.batch_stats, dropout_key)
+            run = NetworkApplier(model, state.batch_stats, dropout_key)
             loss, aux = generator_loss(g, d_params, run, real_A, real_B)
             return loss, (aux, run.stats)
 
@@ -116,7 +119,7 @@ def make_train_step(model: CycleGAN) -> Callable[[TrainState, Batch], tuple[Trai
         pool_B, pooled_B = image_pool.query(state.pool_B, fake_B, pool_key_B)
 
         def d_objective(d):
-            run = _Runner(model, stats, jax.random.fold_in(dropout_key, 1 << 20))
+            run = NetworkApplier(model, stats, jax.random.fold_in(dropout_key, 1 << 20))
             loss, parts = discriminator_loss(d, run, real_A, real_B, pooled_A, pooled_B, gp_key)
             return loss, (parts, run.stats)
 
@@ -139,3 +142,13 @@ def make_train_step(model: CycleGAN) -> Callable[[TrainState, Batch], tuple[Trai
         return new_state, metrics
 
     return train_step
+
+
+def jit_train_step(model: CycleGAN, mesh: Mesh) -> StepFn:
+    """The compiled step: state replicated over the mesh and donated, batch sharded over `data`."""
+    return jax.jit(
+        make_train_step(model),
+        in_shardings=(parallel.replicated(mesh), parallel.batch_sharding(mesh)),
+        out_shardings=(parallel.replicated(mesh), parallel.replicated(mesh)),
+        donate_argnums=0,
+    )

@@ -1,216 +1,33 @@
 """Translates images with a bundle: `python -m cyclejax.translate --model=BUNDLE --input=FILE_OR_DIR --output=DIR`.
 
-Any size and aspect ratio: each image is reflection-padded to the generator's multiple (4
-for ResNets), translated, and cropped back, at its own resolution (the official test script
-resizes to 256x256 unless --preprocess none). Images are read, translated and written one
-at a time; one larger than --tile pixels on a side is translated in overlapping tiles of
-that size, blended linearly, so memory stays bounded (instance norm then sees each tile's
-statistics rather than the whole image's). A jitted function compiles once per distinct
-padded size. Writes <output>/<name>.png for every input, copies of the inputs under
-<output>/inputs/ and an index.html with input and output side by side.
+Any size and aspect ratio, one image at a time, large ones in tiles (`cyclejax.translation`).
+Writes <output>/<name>.png for every input, copies of the inputs under <output>/inputs/ and
+an index.html with input and output side by side.
 """
 from __future__ import annotations
 
-import html
 import sys
-from pathlib import Path
-from typing import Iterable
 
-import jax
-import numpy as np
-from absl import app, flags, logging
-from PIL import Image, UnidentifiedImageError
-from tqdm import tqdm
+from absl import flags
 
 from cyclejax import bundle as bundle_lib
-from cyclejax import datasets
+from cyclejax import cli, translation
 
-
-EXTENSIONS = datasets.IMAGE_EXTENSIONS  # the same files the train command reads
-OVERLAP = 64
-
-
-class TranslateError(ValueError):
-    pass
-
-
-class Translator:
-    """uint8 (H, W, C) image -> translated uint8 image of the same size, with one compiled
-    program per distinct padded (or tile) shape; `shapes` lists the shapes compiled."""
-
-    def __init__(self, bundle: bundle_lib.Bundle, direction: str = "AtoB", tile: int = 2048):
-        bundle.check_direction(direction)
-        self.multiple = bundle.multiple
-        nc = (bundle.config["input_nc"], bundle.config["output_nc"])
-        self.channels, self.channels_out = nc if direction == "AtoB" else nc[::-1]
-        self.tile = max(tile // self.multiple * self.multiple, 2 * OVERLAP + self.multiple)
-        self.shapes: list[tuple[int, ...]] = []
-        apply = bundle.apply_fn(direction)
-
-        def traced(x):
-            self.shapes.append(tuple(x.shape))  # runs once per trace, i.e. per new shape
-            return apply(x)
-
-        self._fn = jax.jit(traced)
-
-    def _run(self, x: np.ndarray) -> np.ndarray:
-        return np.asarray(self._fn(x[None]))[0]
-
-    def __call__(self, image: np.ndarray) -> np.ndarray:
-        x = image.astype(np.float32) / 127.5 - 1.0
-        h, w = x.shape[:2]
-        m = self.multiple
-        ph, pw = -h % m, -w % m
-        x = np.pad(x, ((0, ph), (0, pw), (0, 0)), mode="reflect" if min(h, w) > 1 else "edge")
-        if max(x.shape[:2]) > self.tile:
-            y = self._tiled(x)
-        else:
-            y = self._run(x)
-        y = y[:h, :w]
-        return np.clip(np.round((y + 1.0) * 127.5), 0, 255).astype(np.uint8)
-
-    def _tiled(self, x: np.ndarray) -> np.ndarray:
-        H, W = x.shape[:2]
-        th, tw = min(self.tile, H), min(self.tile, W)
-        out = np.zeros(x.shape[:2] + (self.channels_out,), np.float32)
-        weight = np.zeros(x.shape[:2] + (1,), np.float32)
-        for top in _starts(H, th):
-            for left in _starts(W, tw):
-                y = self._run(x[top:top + th, left:left + tw])
-                wgt = _ramp(th, top > 0, top + th < H)[:, None] * _ramp(tw, left > 0, left + tw < W)[None, :]
-                out[top:top + th, left:left + tw] += y * wgt[..., None]
-                weight[top:top + th, left:left + tw] += wgt[..., None]
-        return out / weight
-
-
-def _starts(size: int, tile: int) -> list[int]:
-    if size <= tile:
-        return [0]
-    step = tile - OVERLAP
-    starts = list(range(0, size - tile, step))
-    return starts + [size - tile]
-
-
-def _ramp(n: int, fade_in: bool, fade_out: bool) -> np.ndarray:
-    """Blend weights of one tile side: linear over OVERLAP pixels where a neighbour overlaps."""
-    w = np.ones(n, np.float32)
-    r = (np.arange(OVERLAP, dtype=np.float32) + 0.5) / OVERLAP
-    if fade_in:
-        w[:OVERLAP] = r
-    if fade_out:
-        w[-OVERLAP:] = r[::-1]
-    return w
-
-
-def list_inputs(path: str | Path) -> list[Path]:
-    """The image files to translate: `path` itself, or the image files in the folder `path`."""
-    path = Path(path)
-    if path.is_file():
-        return [path]
-    if not path.is_dir():
-        raise TranslateError(f"--input {path} does not exist")
-    files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
-    images = [p for p in files if p.suffix.lower() in EXTENSIONS]
-    for p in files:
-        if p not in images:
-            logging.warning("skipping %s: not an image file (%s)", p, ", ".join(EXTENSIONS))
-    if not images:
-        raise TranslateError(f"--input {path} holds no image files ({', '.join(EXTENSIONS)})")
-    return images
-
-
-def read_image(path: Path, channels: int) -> np.ndarray:
-    try:
-        with Image.open(path) as img:
-            img = img.convert("RGB" if channels == 3 else "L")
-            arr = np.asarray(img)
-    except (UnidentifiedImageError, OSError) as e:
-        raise TranslateError(f"{path} cannot be read as an image ({e})") from e
-    return arr if arr.ndim == 3 else arr[..., None]
-
-
-def _save_png(arr: np.ndarray, path: Path) -> None:
-    Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr).save(path)
-
-
-def _output_names(files: Iterable[Path]) -> list[str]:
-    """PNG names after the inputs' names; 'a.jpg' and 'a.png' become 'a.png' and 'a_png.png'."""
-    names, seen = [], set()
-    for f in files:
-        name = f.stem if f.stem not in seen else f.name.replace(".", "_")
-        seen.add(name)
-        names.append(name + ".png")
-    return names
-
-
-def translate_files(translator: Translator, files: list[Path], output: str | Path, title: str = "",
-                    strict: bool = False, progress: bool = True) -> list[tuple[str, str]]:
-    """Translates `files` into `output`; returns (input copy, output) names, also written to index.html.
-
-    An unreadable file stops the run when `strict` (a single --input file), and is skipped
-    with a warning naming it otherwise.
-    """
-    output = Path(output)
-    (output / "inputs").mkdir(parents=True, exist_ok=True)
-    rows = []
-    for f, name in tqdm(list(zip(files, _output_names(files))), desc="translate", unit="img", disable=not progress):
-        try:
-            image = read_image(f, translator.channels)
-        except TranslateError as e:
-            if strict:
-                raise
-            logging.warning("skipping %s", e)
-            continue
-        _save_png(image, output / "inputs" / name)
-        _save_png(translator(image), output / name)
-        rows.append((f"inputs/{name}", name))
-    write_index(output / "index.html", rows, title)
-    return rows
-
-
-def write_index(path: Path, rows: list[tuple[str, str]], title: str) -> None:
-    """A results page as the official one: one row per image, input beside output."""
-    cells = "\n".join(
-        f"<tr><td>{html.escape(Path(o).stem)}</td><td><img src='{html.escape(i)}' width=256></td>"
-        f"<td><img src='{html.escape(o)}' width=256></td></tr>" for i, o in rows)
-    path.write_text(f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{html.escape(title)}</title></head>\n"
-                    f"<body><h3>{html.escape(title)}</h3>\n<table border=1 cellpadding=4>\n"
-                    f"<tr><th>name</th><th>input</th><th>output</th></tr>\n{cells}\n</table></body></html>\n")
-
-
-def translate(model: str | Path, input: str | Path, output: str | Path, direction: str = "AtoB",
-              tile: int = 2048, progress: bool = True) -> list[tuple[str, str]]:
-    b = bundle_lib.load(model)
-    translator = Translator(b, direction, tile)
-    files = list_inputs(input)
-    d = b.config.get("domains", {"A": "A", "B": "B"})
-    src, dst = (d["A"], d["B"]) if direction == "AtoB" else (d["B"], d["A"])
-    return translate_files(translator, files, output, title=f"{Path(model).name}: {src} -> {dst}",
-                           strict=Path(input).is_file(), progress=progress)
-
-
-def define_flags() -> None:
-    """The command's flags (defined only when it runs, so the modules import together)."""
-    flags.DEFINE_string("model", None, "a generator bundle (python -m cyclejax.export / cyclejax.convert)",
-                                 required=True)
-    flags.DEFINE_string("input", None, "an image file or a folder of images", required=True)
-    flags.DEFINE_string("output", None, "the folder to write translations and index.html into", required=True)
-    flags.DEFINE_enum("direction", "AtoB", list(bundle_lib.DIRECTIONS), "which generator to run")
-    flags.DEFINE_integer("tile", 2048, "images larger than this on a side are translated in tiles of this size")
+_MODEL = flags.DEFINE_string("model", None, "a generator bundle (python -m cyclejax.export / cyclejax.convert), a "
+                             "training workdir, or a pretrained model's name (python -m cyclejax.pretrained)",
+                             required=True)
+_INPUT = flags.DEFINE_string("input", None, "an image file or a folder of images", required=True)
+_OUTPUT = flags.DEFINE_string("output", None, "the folder to write translations and index.html into", required=True)
+_DIRECTION = flags.DEFINE_enum("direction", "AtoB", list(bundle_lib.DIRECTIONS), "which generator to run")
+_TILE = flags.DEFINE_integer("tile", 2048, "images larger than this on a side are translated in tiles of this size")
 
 
 def main(argv):
     del argv
-    FLAGS = flags.FLAGS
-    try:
-        rows = translate(FLAGS.model, FLAGS.input, FLAGS.output, FLAGS.direction, FLAGS.tile,
-                         progress=sys.stderr.isatty())
-    except (bundle_lib.BundleError, TranslateError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    print(f"cyclejax: translated {len(rows)} images into {FLAGS.output} (open index.html)", flush=True)
+    rows = translation.translate(_MODEL.value, _INPUT.value, _OUTPUT.value, _DIRECTION.value, _TILE.value,
+                                 progress=sys.stderr.isatty())
+    print(f"cyclejax: translated {len(rows)} images into {_OUTPUT.value} (open index.html)", flush=True)
 
 
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    cli.run(main)

@@ -12,7 +12,7 @@ os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_p
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from cyclejax import model as model_lib, parallel, train_state  # noqa: E402
+from cyclejax import model as model_lib, parallel, train_state, train_step  # noqa: E402
 from tests.inert import inert_biases  # noqa: E402
 from tests.test_train_step import tiny_config  # noqa: E402
 
@@ -21,7 +21,7 @@ def run(devices, batches, config):
     model = model_lib.build(config, steps_per_epoch=10)
     state = train_state.create(model, 0, (32, 32, 3), (32, 32, 3))
     mesh = parallel.make_mesh(devices)
-    step = parallel.compile_train_step(model, mesh)
+    step = train_step.jit_train_step(model, mesh)
     state = parallel.replicate(state, mesh)
     for b in batches:
         sharded = parallel.shard_batch(b, mesh)

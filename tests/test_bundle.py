@@ -35,7 +35,7 @@ def test_exported_artifact_runs_with_jax_alone_at_any_multiple_of_4(tmp_path):
     bundle.save(b, tmp_path / "b")
     exported = jax.export.deserialize(bytearray((tmp_path / "b" / "BtoA.jax_export").read_bytes()))
     assert set(exported.platforms) == {"cpu", "cuda", "tpu"}
-    fn = b.translator("BtoA")
+    fn = b.jit_apply("BtoA")
     rng = np.random.default_rng(0)
     for shape in ((1, 32, 32, 3), (2, 24, 40, 3)):  # one artifact, several sizes and batches
         x = rng.uniform(-1, 1, shape).astype(np.float32)

@@ -25,4 +25,5 @@ def test_invalid_configs_are_refused(overrides, message):
 
 def test_default_and_paper_configs_are_valid():
     validate(default.get_config(), device_count=1)
-    validate(default.paper(), device_count=1)
+    validate(default.get_config("paper"), device_count=1)
+    validate(default.get_config("tiny"), device_count=1)

@@ -41,7 +41,7 @@ def test_no_per_pixel_colour_map_solves_it():
 
 def test_ground_truth_scores_zero_and_baselines_do_not():
     A, B, _ = embedded.load_test_pairs()
-    report = embedded_score.evaluate(lambda x: B / 127.5 - 1, lambda x: A / 127.5 - 1, step=7)
+    report = embedded_score.score(lambda x: B / 127.5 - 1, lambda x: A / 127.5 - 1, step=7)
     assert report["step"] == 7
     for d in ("AtoB", "BtoA"):
         assert report[d]["model"] == pytest.approx(0.0, abs=1e-9)

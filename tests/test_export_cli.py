@@ -11,9 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from cyclejax import bundle, train
+from cyclejax import bundle, training
 from tests import torch_reference as ref
-from tests.conftest import tiny_train_config
+from tests.conftest import tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,7 +37,7 @@ def _images(folder, sizes, seed):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("run")
-    result = train.train_and_evaluate(tiny_train_config(max_steps=3, eval_at_end=True), workdir)
+    result = training.train_and_evaluate(tiny_config(max_steps=3, eval_at_end=True), workdir)
     return workdir, result
 
 

@@ -5,7 +5,7 @@ import scipy.linalg
 import torch
 from PIL import Image
 
-from cyclejax import convert, fid, inception
+from cyclejax import fid, inception, torch_weights
 from tests.torch_inception import FIDInceptionTorch
 
 
@@ -98,7 +98,7 @@ def torch_net():
 def test_fid_network_layer_shapes_match_the_weight_file_layout(torch_net):
     """Every entry of the weight file's layout maps to a Flax leaf of the same size, and back."""
     sd = {k: v.numpy() for k, v in torch_net.state_dict().items()}
-    variables = convert.state_dict_to_variables(sd, inception.FIDInception(), 3, inception.SIZE, "layout",
+    variables = torch_weights.state_dict_to_variables(sd, inception.FIDInception(), 3, inception.SIZE, "layout",
                                                 key_fn=inception.torch_key, ignore=("fc.",))
     n_flax = sum(np.size(a) for a in _leaves(variables))
     n_torch = sum(v.size for k, v in sd.items() if not k.startswith("fc.") and not k.endswith("num_batches_tracked"))
@@ -108,8 +108,8 @@ def test_fid_network_layer_shapes_match_the_weight_file_layout(torch_net):
     assert sd["fc.weight"].shape == (1008, 2048)  # the classifier the file carries and FID does not use
     broken = dict(sd)
     broken["Mixed_6b.branch7x7_2.conv.weight"] = np.zeros((128, 128, 7, 1), np.float32)
-    with pytest.raises(convert.ConversionError, match="Mixed_6b.branch7x7_2.conv.weight has shape"):
-        convert.state_dict_to_variables(broken, inception.FIDInception(), 3, inception.SIZE, "layout",
+    with pytest.raises(torch_weights.ConversionError, match="Mixed_6b.branch7x7_2.conv.weight has shape"):
+        torch_weights.state_dict_to_variables(broken, inception.FIDInception(), 3, inception.SIZE, "layout",
                                         key_fn=inception.torch_key, ignore=("fc.",))
 
 
@@ -135,5 +135,5 @@ def test_fid_network_features_match_pytorch(torch_net, tmp_path):
 
 
 def test_missing_weights_say_how_to_download(tmp_path):
-    with pytest.raises(FileNotFoundError, match="wget https://github.com/mseitzer"):
+    with pytest.raises(inception.MissingWeights, match="wget https://github.com/mseitzer"):
         inception.load_weights(tmp_path / "nope.pth")

@@ -58,10 +58,16 @@ def test_once_full_about_half_swap_for_earlier_images():
 
 
 def test_a_batch_is_queried_one_image_at_a_time():
-    """A batch larger than the free space: the first images fill the pool, the rest may swap."""
+    """A batch larger than the pool: the first images fill it, and each later one either passes
+    through or swaps with an image stored by an earlier image of the same batch."""
     pool = image_pool.init_pool(2, (2, 2, 1))
-    pool, out = query(pool, _images(1, 6), jax.random.PRNGKey(3))
+    pool, out = query(pool, _images(1, 20), jax.random.PRNGKey(3))
     values = np.asarray(out[:, 0, 0, 0]).astype(int)
-    assert values[0] == 1 and values[1] == 2
+    assert list(values[:2]) == [1, 2]
+    stored = [1, 2]  # the pool's contents, replayed from what it returned
     for i, v in enumerate(values[2:], start=3):
-        assert v == i or v < i  # itself, or an image of this batch stored before it
+        if v != i:
+            assert v in stored, (i, v, stored)  # a swap returns an image the pool holds now
+            stored[stored.index(v)] = i
+    assert 0 < sum(v != i for i, v in enumerate(values, start=1)) < 18  # both cases happened
+    assert sorted(np.asarray(pool.images[:, 0, 0, 0]).astype(int)) == sorted(stored)

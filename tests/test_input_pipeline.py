@@ -4,7 +4,7 @@ import pytest
 import tensorflow as tf
 
 from cyclejax import datasets, input_pipeline
-from tests.conftest import tiny_train_config
+from tests.conftest import tiny_config
 
 
 def test_index_stream_resumes_where_it_left_off():
@@ -34,7 +34,7 @@ def test_processes_read_disjoint_rows_of_the_global_batch():
 
 
 def test_train_batches_are_deterministic_scaled_and_resumable():
-    config = tiny_train_config(batch_size=2)
+    config = tiny_config(batch_size=2)
     A = datasets.load_images("embedded", "trainA", 6)
     B = datasets.load_images("embedded", "trainB", 6)
     it = input_pipeline.train_batches(A, B, config, 0)
@@ -59,14 +59,14 @@ def test_train_batches_are_deterministic_scaled_and_resumable():
     ("none", 286, 256, (64, 64), True, (64, 64)),
 ])
 def test_preprocess_modes_give_official_shapes(mode, load, crop, shape_in, train, shape_out):
-    config = tiny_train_config(preprocess=mode, load_size=load, crop_size=crop)
+    config = tiny_config(preprocess=mode, load_size=load, crop_size=crop)
     img = tf.constant(np.random.default_rng(0).integers(0, 256, (*shape_in, 3)), tf.uint8)
     out = input_pipeline.preprocess(img, tf.constant([1, 2], tf.int64), config, train).numpy()
     assert out.shape[:2] == shape_out
 
 
 def test_none_keeps_multiple_of_four_images_exactly():
-    config = tiny_train_config(preprocess="none", no_flip=True)
+    config = tiny_config(preprocess="none", no_flip=True)
     img = np.random.default_rng(0).integers(0, 256, (8, 12, 3)).astype(np.uint8)
     out = input_pipeline.preprocess(tf.constant(img), tf.constant([1, 2], tf.int64), config, True).numpy()
     np.testing.assert_allclose(out, img / 127.5 - 1.0, atol=1e-6)
@@ -74,7 +74,7 @@ def test_none_keeps_multiple_of_four_images_exactly():
 
 def test_flip_depends_on_the_seed_and_no_flip_turns_it_off():
     img = np.arange(4 * 4 * 3, dtype=np.uint8).reshape(4, 4, 3)
-    config = tiny_train_config(preprocess="none")
+    config = tiny_config(preprocess="none")
     outs = {input_pipeline.preprocess(tf.constant(img), tf.constant([s, 0], tf.int64), config, True).numpy().tobytes()
             for s in range(20)}
     assert len(outs) == 2

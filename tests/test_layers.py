@@ -31,8 +31,11 @@ def test_instance_norm_matches_torch():
 
 
 def test_instance_norm_has_no_parameters():
-    norm = layers.Norm("instance")
-    assert norm(jnp.ones((1, 4, 4, 2)), True).shape == (1, 4, 4, 2)
+    norm = layers.norm_layer("instance")()
+    x = jnp.asarray(_x((1, 4, 4, 2)))
+    variables = norm.init(jax.random.PRNGKey(0), x, True)
+    assert jax.tree_util.tree_leaves(variables) == []
+    np.testing.assert_array_equal(norm.apply(variables, x, True), layers.instance_norm(x))
 
 
 @pytest.mark.parametrize("train", [True, False])
@@ -72,7 +75,7 @@ def test_batch_norm_scale_init_is_normal_around_one():
 )
 def test_conv_transpose_matches_torch(kernel, stride, padding, output_padding):
     x = _x((2, 5, 7, 6))
-    mod = layers.ConvTranspose(4, kernel, stride, padding, output_padding)
+    mod = layers.ConvTranspose(4, kernel, stride, padding, output_padding=output_padding)
     params = mod.init(jax.random.PRNGKey(0), jnp.asarray(x))["params"]
     params = {"kernel": jax.random.normal(jax.random.PRNGKey(1), params["kernel"].shape),
               "bias": jax.random.normal(jax.random.PRNGKey(2), (4,))}
@@ -135,6 +138,6 @@ def test_orthogonal_init_rows_are_orthogonal():
 
 def test_unknown_norm_and_init_are_refused():
     with pytest.raises(ValueError, match="norm must be one of"):
-        layers.Norm("group")
+        layers.norm_layer("group")
     with pytest.raises(ValueError, match="init_type must be one of"):
         layers.kernel_init("uniform")

@@ -16,7 +16,7 @@ import pytest
 
 from cyclejax import checkpoints
 from cyclejax import model as model_lib
-from tests.conftest import tiny_train_config
+from tests.conftest import tiny_config
 from tests.inert import inert_biases
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,9 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # after 2 steps; D itself agrees to 1.5e-7): most likely round-off that Adam amplifies in
 # parameters with tiny gradients, not a difference in the data.
 OFFICIAL_D = dict(netD="basic", n_layers_D=3, lr=2e-4)
-TINY = ["--config.ngf=4", "--config.ndf=4", "--config.load_size=36", "--config.crop_size=32",
-        "--config.preprocess=resize_and_crop", "--config.max_dataset_size=20", "--config.pool_size=5",
-        "--config.batch_size=4", "--config.log_every=1", "--config.eval_at_end=False",
+TINY = ["--config=cyclejax/configs/default.py:tiny", "--config.batch_size=4", "--config.log_every=1",
         *(f"--config.{k}={v}" for k, v in OFFICIAL_D.items())]
 
 
@@ -95,7 +93,7 @@ def test_two_processes_train_what_one_process_trains(tmp_path):
     # Conv biases before instance norm have a zero true gradient, so Adam turns round-off
     # into +-lr steps of random sign there (tests/inert.py); they are left out, and the
     # networks' outputs compared instead.
-    config = tiny_train_config(**OFFICIAL_D)
+    config = tiny_config(**OFFICIAL_D)
     model = model_lib.build(config, steps_per_epoch=20)
     x = np.random.default_rng(0).uniform(-1, 1, (2, 32, 32, 3)).astype(np.float32)
     worst_param, worst_output = 0.0, 0.0

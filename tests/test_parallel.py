@@ -34,10 +34,3 @@ def test_eight_devices_equal_one_device():
     # resnet_6blocks: 3 + 12 + 2 pre-norm convs in each generator; basic D: 3 in each.
     assert result["inert_biases"] == 2 * 17 + 2 * 3, result
 
-
-def test_batch_must_divide_over_the_mesh():
-    mesh = parallel.make_mesh(jax.devices()[:1])
-    parallel.check_batch_size(3, mesh)
-    fake = type("M", (), {"devices": np.zeros(8)})()
-    with pytest.raises(ValueError, match="batch_size=12 must be a multiple of the 8 devices"):
-        parallel.check_batch_size(12, fake)

@@ -4,8 +4,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from cyclejax import checkpoints, nonfinite, train
-from tests.conftest import tiny_train_config
+from cyclejax import checkpoints, training
+from cyclejax.errors import NonFiniteError
+from tests.conftest import tiny_config
 
 
 def _final_params(workdir):
@@ -18,9 +19,9 @@ def _final_params(workdir):
 
 @pytest.mark.slow
 def test_resumed_run_equals_uninterrupted_run_bitwise(tmp_path):
-    straight = train.train_and_evaluate(tiny_train_config(max_steps=12), tmp_path / "straight")
-    first = train.train_and_evaluate(tiny_train_config(max_steps=6), tmp_path / "resumed")
-    second = train.train_and_evaluate(tiny_train_config(max_steps=12), tmp_path / "resumed")
+    straight = training.train_and_evaluate(tiny_config(max_steps=12), tmp_path / "straight")
+    first = training.train_and_evaluate(tiny_config(max_steps=6), tmp_path / "resumed")
+    second = training.train_and_evaluate(tiny_config(max_steps=12), tmp_path / "resumed")
     assert first["step"] == 6 and second["step"] == straight["step"] == 12
     step_a, a = _final_params(tmp_path / "straight")
     step_b, b = _final_params(tmp_path / "resumed")
@@ -32,7 +33,7 @@ def test_resumed_run_equals_uninterrupted_run_bitwise(tmp_path):
 
     # The same workdir with another architecture is refused by name, before any training.
     with pytest.raises(checkpoints.CheckpointMismatch, match="ngf: checkpoint 4, config 8"):
-        train.train_and_evaluate(tiny_train_config(max_steps=14, ngf=8), tmp_path / "resumed")
+        training.train_and_evaluate(tiny_config(max_steps=14, ngf=8), tmp_path / "resumed")
     assert _final_params(tmp_path / "resumed")[0] == 12
 
 
@@ -40,9 +41,9 @@ def test_resumed_run_equals_uninterrupted_run_bitwise(tmp_path):
 def test_non_finite_loss_stops_the_run_and_is_never_checkpointed(tmp_path):
     # A learning rate of 1e30 turns the first Adam step's parameters to about 1e30, so the
     # second step's activations overflow: its losses are the first non-finite ones.
-    config = tiny_train_config(lr=1e30, max_steps=6, checkpoint_every=1, log_every=100)
-    with pytest.raises(nonfinite.NonFiniteError, match=r"non-finite loss at step 2: D_A=\S+ G_A=\S+ .*idt_B="):
-        train.train_and_evaluate(config, tmp_path)
+    config = tiny_config(lr=1e30, max_steps=6, checkpoint_every=1, log_every=100)
+    with pytest.raises(NonFiniteError, match=r"non-finite loss at step 2: D_A=\S+ G_A=\S+ .*idt_B="):
+        training.train_and_evaluate(config, tmp_path)
     step, state = _final_params(tmp_path)
     assert step == 1
     assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree_util.tree_leaves(state)

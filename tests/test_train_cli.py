@@ -11,9 +11,7 @@ import pytest
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--config.ngf=4", "--config.ndf=4", "--config.load_size=36", "--config.crop_size=32",
-        "--config.preprocess=resize_and_crop", "--config.max_dataset_size=20", "--config.pool_size=5",
-        "--config.log_every=2"]
+TINY = ["--config=cyclejax/configs/default.py:tiny", "--config.log_every=2"]
 
 
 def _cmd(workdir, *extra):
@@ -89,3 +87,18 @@ def test_bad_config_value_is_refused_before_compiling(tmp_path):
     assert out.returncode == 2
     assert "config.netG='resnet_12blocks' is not allowed" in out.stderr
     assert not (tmp_path / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("flag, message", [
+    ("--config.ngff=3", '--config.ngff: the config has no key \'ngff\'; did you mean "ngf"?'),
+    ("--config.ngf=abc", "--config.ngf=abc: invalid literal for int()"),
+    ("--config=nothing.py", "nothing.py"),
+    ("--workdirr=x", "Unknown command line flag 'workdirr'"),
+])
+def test_flag_and_config_key_mistakes_are_one_line(tmp_path, flag, message):
+    out = subprocess.run([sys.executable, "-m", "cyclejax.train", f"--workdir={tmp_path}", flag], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2, out.stderr[-2000:]
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and message in errors[0], out.stderr[-2000:]
+    assert "Traceback" not in out.stderr and not (tmp_path / "checkpoints").exists()

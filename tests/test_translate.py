@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cyclejax import translate
+from cyclejax import translation
 from tests.test_bundle import make_bundle
 
 
@@ -13,18 +13,18 @@ def tiny_bundle():
 
 
 def test_any_size_is_reflection_padded_translated_and_cropped_back(tiny_bundle):
-    t = translate.Translator(tiny_bundle, "AtoB")
+    t = translation.ImageTranslator(tiny_bundle, "AtoB")
     img = np.random.default_rng(0).integers(0, 256, (37, 53, 3), dtype=np.uint8)
     out = t(img)
     assert out.shape == (37, 53, 3) and out.dtype == np.uint8
     x = img.astype(np.float32) / 127.5 - 1
     padded = np.pad(x, ((0, 3), (0, 3), (0, 0)), mode="reflect")  # 40 x 56, multiples of 4
-    y = np.asarray(tiny_bundle.translator("AtoB")(padded[None]))[0, :37, :53]
+    y = np.asarray(tiny_bundle.jit_apply("AtoB")(padded[None]))[0, :37, :53]
     np.testing.assert_array_equal(out, np.clip(np.round((y + 1) * 127.5), 0, 255).astype(np.uint8))
 
 
 def test_compiles_once_per_distinct_padded_size(tiny_bundle):
-    t = translate.Translator(tiny_bundle, "BtoA")
+    t = translation.ImageTranslator(tiny_bundle, "BtoA")
     rng = np.random.default_rng(1)
     for h, w in ((37, 53), (38, 54), (40, 56), (37, 53), (20, 20)):
         t(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
@@ -32,19 +32,19 @@ def test_compiles_once_per_distinct_padded_size(tiny_bundle):
 
 
 def test_large_images_go_through_equal_tiles_blended_without_seams(tiny_bundle):
-    t = translate.Translator(tiny_bundle, "AtoB", tile=160)
+    t = translation.ImageTranslator(tiny_bundle, "AtoB", tile=160)
     y, x = np.mgrid[0:300, 0:420]
     img = np.stack([(x * 0.5) % 256, (y * 0.7) % 256, np.full_like(x, 90)], -1).astype(np.uint8)
     out = t(img)
     assert out.shape == (300, 420, 3)
     assert t.shapes == [(1, 160, 160, 3)]  # every tile, edge ones included, has one shape
-    whole = translate.Translator(tiny_bundle, "AtoB", tile=4096)(img)
+    whole = translation.ImageTranslator(tiny_bundle, "AtoB", tile=4096)(img)
     # Tiles see their own instance-norm statistics: close to the whole-image result, not equal.
     assert np.abs(out.astype(float) - whole).mean() < 12
     for n, inner in ((300, 160), (420, 160)):
-        starts = translate._starts(n, inner)
+        starts = translation._starts(n, inner)
         assert starts[0] == 0 and starts[-1] == n - inner
-        assert all(b - a <= inner - translate.OVERLAP for a, b in zip(starts, starts[1:]))
+        assert all(b - a <= inner - translation.OVERLAP for a, b in zip(starts, starts[1:]))
 
 
 def _write_folder(path, sizes):
@@ -60,8 +60,8 @@ def test_folder_gives_pngs_with_input_names_and_an_index_page(tiny_bundle, tmp_p
     Image.fromarray(np.zeros((8, 8), np.uint8), mode="L").save(src / "img0.png")  # same stem, grayscale
     (src / "notes.txt").write_text("not an image")
     (src / "broken.png").write_bytes(b"\x89PNG broken")
-    t = translate.Translator(tiny_bundle, "AtoB")
-    rows = translate.translate_files(t, translate.list_inputs(src), tmp_path / "out", title="horse -> zebra",
+    t = translation.ImageTranslator(tiny_bundle, "AtoB")
+    rows = translation.translate_files(t, translation.list_inputs(src), tmp_path / "out", title="horse -> zebra",
                                      progress=False)
     names = sorted(o for _, o in rows)
     assert names == ["img0.png", "img0_png.png", "img1.png"]
@@ -72,14 +72,14 @@ def test_folder_gives_pngs_with_input_names_and_an_index_page(tiny_bundle, tmp_p
 
 
 def test_bad_inputs_are_named(tiny_bundle, tmp_path):
-    with pytest.raises(translate.TranslateError, match="nothing does not exist"):
-        translate.list_inputs(tmp_path / "nothing")
+    with pytest.raises(translation.TranslateError, match="nothing does not exist"):
+        translation.list_inputs(tmp_path / "nothing")
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "a.txt").write_text("x")
-    with pytest.raises(translate.TranslateError, match="holds no image files"):
-        translate.list_inputs(tmp_path / "empty")
+    with pytest.raises(translation.TranslateError, match="holds no image files"):
+        translation.list_inputs(tmp_path / "empty")
     bad = tmp_path / "bad.jpg"
     bad.write_text("not a jpeg")
-    t = translate.Translator(tiny_bundle, "AtoB")
-    with pytest.raises(translate.TranslateError, match="bad.jpg cannot be read as an image"):
-        translate.translate_files(t, [bad], tmp_path / "out", strict=True, progress=False)
+    t = translation.ImageTranslator(tiny_bundle, "AtoB")
+    with pytest.raises(translation.TranslateError, match="bad.jpg cannot be read as an image"):
+        translation.translate_files(t, [bad], tmp_path / "out", strict=True, progress=False)

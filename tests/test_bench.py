@@ -1,0 +1,35 @@
+"""`python -m cyclejax.bench` end to end at a tiny size: its JSON line, its breakdown, its errors."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _bench(*args):
+    return subprocess.run([sys.executable, "-m", "cyclejax.bench", "--netG=resnet_6blocks", "--size=32", "--ngf=4",
+                           "--ndf=4", *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_bench_prints_one_json_line_with_the_step_time_and_breakdown():
+    out = _bench("--steps=2", "--batch=2", "--breakdown")
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert (result["netG"], result["size"], result["batch"], result["dtype"]) == ("resnet_6blocks", 32, 2, "float32")
+    assert len(result["step_times"]) == 2
+    assert result["s_per_step"] == pytest.approx(sum(result["step_times"]) / 2)  # the median of two
+    assert result["img_per_s"] == pytest.approx(2 / result["s_per_step"])
+    assert result["compile_s"] > 0 and result["tflop_per_step"] > 0 and result["peak_rss_mb"] > 100
+    assert set(result["breakdown"]) == {"G_forward_s", "D_forward_s", "generator_update_grad_s",
+                                        "discriminator_update_grad_s", "first_upsampling_fwd_bwd_s"}
+    assert all(v > 0 for v in result["breakdown"].values())
+
+
+def test_bench_refuses_an_impossible_setting_in_one_line():
+    out = _bench("--batch=0")
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "error: config.batch_size=0 must be a positive integer" in out.stderr
