@@ -73,8 +73,8 @@ class ImageTranslator:
         th, tw = min(self.tile, H), min(self.tile, W)
         out = np.zeros(x.shape[:2] + (self.channels_out,), np.float32)
         weight = np.zeros(x.shape[:2] + (1,), np.float32)
-        for top in _starts(H, th):
-            for left in _starts(W, tw):
+        for top in tile_starts(H, th):
+            for left in tile_starts(W, tw):
                 y = self._run(x[top:top + th, left:left + tw])
                 wgt = _ramp(th, top > 0, top + th < H)[:, None] * _ramp(tw, left > 0, left + tw < W)[None, :]
                 out[top:top + th, left:left + tw] += y * wgt[..., None]
@@ -82,7 +82,8 @@ class ImageTranslator:
         return out / weight
 
 
-def _starts(size: int, tile: int) -> list[int]:
+def tile_starts(size: int, tile: int) -> list[int]:
+    """Where the tiles of one side start: `tile` apart less OVERLAP, the last one flush with the end."""
     if size <= tile:
         return [0]
     step = tile - OVERLAP

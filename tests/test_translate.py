@@ -42,7 +42,7 @@ def test_large_images_go_through_equal_tiles_blended_without_seams(tiny_bundle):
     # Tiles see their own instance-norm statistics: close to the whole-image result, not equal.
     assert np.abs(out.astype(float) - whole).mean() < 12
     for n, inner in ((300, 160), (420, 160)):
-        starts = translation._starts(n, inner)
+        starts = translation.tile_starts(n, inner)
         assert starts[0] == 0 and starts[-1] == n - inner
         assert all(b - a <= inner - translation.OVERLAP for a, b in zip(starts, starts[1:]))
 
