@@ -36,8 +36,9 @@ import flax.serialization
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 
-from cyclejax import checkpoints, downloads, networks, pretrained, torch_weights
+from cyclejax import checkpoints, downloads, networks, pretrained, storage, torch_weights
 from cyclejax import model as model_lib
 from cyclejax.errors import UserError
 
@@ -124,8 +125,8 @@ def export_generator(bundle: Bundle, direction: str) -> bytes:
     return bytes(exported.serialize())
 
 
-def save(bundle: Bundle, path: str | Path, with_export: bool = True) -> Path:
-    path = Path(path)
+def save(bundle: Bundle, path: storage.PathLike, with_export: bool = True) -> epath.Path:
+    path = storage.resolve(path)  # local or gs://
     path.mkdir(parents=True, exist_ok=True)
     for d in bundle.directions:
         tree = jax.tree_util.tree_map(np.asarray, bundle.variables[d])
@@ -138,9 +139,9 @@ def save(bundle: Bundle, path: str | Path, with_export: bool = True) -> Path:
     return path
 
 
-def load(path: str | Path) -> Bundle:
+def load(path: storage.PathLike) -> Bundle:
     """Reads a bundle written by `save` (by `python -m cyclejax.export` or `cyclejax.convert`)."""
-    path = Path(path)
+    path = storage.resolve(path)
     meta_file = path / "bundle.json"
     if not meta_file.is_file():
         raise BundleError(f"{path} is not a generator bundle: {meta_file} does not exist "
@@ -184,7 +185,7 @@ def _check_shapes(bundle: Bundle, direction: str, where: str) -> None:
                           f"and norm={bundle.config['norm']} as bundle.json says; the bundle is corrupt")
 
 
-def from_workdir(workdir: str | Path, step: int | None = None) -> Bundle:
+def from_workdir(workdir: storage.PathLike, step: int | None = None) -> Bundle:
     """The bundle of a run's checkpoint (default: the latest), its directions named after the dataset's A and B."""
     try:
         config, params, stats, step = checkpoints.restore_generators(workdir, step)
@@ -196,7 +197,7 @@ def from_workdir(workdir: str | Path, step: int | None = None) -> Bundle:
     variables = {"AtoB": {"params": params[a_to_b], "batch_stats": stats[a_to_b]},
                  "BtoA": {"params": params[b_to_a], "batch_stats": stats[b_to_a]}}
     gen = generator_config(config, domains=domain_names(config["dataset"]),
-                           source={"workdir": str(Path(workdir).absolute()), "step": step,
+                           source={"workdir": str(storage.resolve(workdir)), "step": step,
                                    "dataset": config["dataset"]})
     if config.get("direction") == "BtoA":
         gen["input_nc"], gen["output_nc"] = config["output_nc"], config["input_nc"]
@@ -241,15 +242,15 @@ def from_pretrained(name: str, progress: bool | None = None) -> Bundle:
     return b
 
 
-def load_any(model: str | Path) -> Bundle:
+def load_any(model: storage.PathLike) -> Bundle:
     """A bundle folder, a training workdir exported on the fly (its latest checkpoint), or the
     name of an official pretrained generator (`python -m cyclejax.pretrained` lists them)."""
-    path = Path(model)
+    path = storage.resolve(model)
     if (path / "bundle.json").is_file():
         return load(path)
     if (path / "checkpoints").is_dir():
         return from_workdir(path)
-    if not path.exists() and str(model) in pretrained.NAMES:
+    if str(model) in pretrained.NAMES and not path.exists():
         return from_pretrained(str(model))
     raise BundleError(f"{path} is neither a bundle (no bundle.json), a training workdir (no checkpoints/) nor the "
                       f"name of a pretrained model ({', '.join(pretrained.NAMES)})")

@@ -6,13 +6,13 @@ crash or kill mid-save leaves the previous checkpoint as the latest usable one.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import jax
 import numpy as np
 import ml_collections
 import orbax.checkpoint as ocp
 
+from cyclejax import storage
 from cyclejax.errors import UserError
 from cyclejax.train_state import TrainState
 
@@ -26,9 +26,9 @@ class CheckpointMismatch(UserError):
     """A workdir whose checkpoint was made with another architecture."""
 
 
-def manager(workdir: str | Path, keep: int = 3) -> ocp.CheckpointManager:
+def manager(workdir: storage.PathLike, keep: int = 3) -> ocp.CheckpointManager:
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=True, create=True)
-    return ocp.CheckpointManager(Path(workdir).absolute() / "checkpoints", options=options)
+    return ocp.CheckpointManager(storage.resolve(workdir) / "checkpoints", options=options)
 
 
 def save(mngr: ocp.CheckpointManager, state: TrainState, config: ml_collections.ConfigDict) -> None:
@@ -68,16 +68,16 @@ def restore_anywhere() -> ocp.args.StandardRestore:
     return ocp.args.StandardRestore(fallback_sharding=jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
 
 
-def restore_generators(workdir: str | Path, step: int | None = None) -> tuple[dict, dict, dict, int]:
+def restore_generators(workdir: storage.PathLike, step: int | None = None) -> tuple[dict, dict, dict, int]:
     """(config, params, batch_stats, step) of both generators in a workdir's checkpoint, as numpy.
 
     Restores without a target, so it works on any device topology and never builds the
     discriminators or optimisers; `step` None means the latest.
     """
-    ckpt_dir = Path(workdir).absolute() / "checkpoints"
+    ckpt_dir = storage.resolve(workdir) / "checkpoints"
     if not ckpt_dir.is_dir():
         raise FileNotFoundError(f"{workdir} has no checkpoints folder ({ckpt_dir}); is it a cyclejax --workdir?")
-    mngr = ocp.CheckpointManager(ckpt_dir, options=ocp.CheckpointManagerOptions(read_only=True))
+    mngr = ocp.CheckpointManager(ckpt_dir, options=ocp.CheckpointManagerOptions(create=False))
     try:
         steps = mngr.all_steps()
         if not steps:

@@ -3,7 +3,8 @@
 `define_config` defines the `--config` flag; `run(main)` is `absl.app.run(main)` except that a bad flag, an unknown or mistyped
 `--config.KEY`, a config file that does not load, or a `UserError` raised by the library
 prints one line `error: ...` on stderr and exits with code 2; a `NonFiniteError` exits with
-code 3. Tracebacks are kept for real bugs.
+code 3. Tracebacks are kept for real bugs. Libraries' INFO lines (Orbax, TensorFlow) are
+hidden unless `--verbosity` is given (see also `cyclejax/__init__.py`).
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Callable
 
 import ml_collections
 from absl import app, flags
+from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from cyclejax.errors import NonFiniteError, UserError
@@ -76,6 +78,8 @@ def run(main: Callable[[list[str]], None]) -> None:
     """`app.run(main)` with user errors as one line on stderr (exit 2; non-finite losses: exit 3)."""
 
     def guarded(argv):
+        if not flags.FLAGS["verbosity"].present:
+            absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax and TensorFlow log INFO lines
         try:
             main(argv)
         except UserError as e:

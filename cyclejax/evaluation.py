@@ -16,7 +16,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from cyclejax import bundle as bundle_lib
-from cyclejax import datasets, embedded_score, fid, inception, pretrained
+from cyclejax import datasets, embedded_score, fid, inception, pretrained, storage
 from cyclejax import model as model_lib
 from cyclejax.errors import UserError
 from cyclejax.translation import ImageTranslator
@@ -69,8 +69,8 @@ def format_fid_table(report: dict) -> str:
     return "\n".join(lines)
 
 
-def evaluate(model: str | Path, dataset: str = "embedded", inception_weights: str | None = None,
-             max_images: int = 0, output: str | Path | None = None, progress: bool = False) -> dict:
+def evaluate(model: storage.PathLike, dataset: str = "embedded", inception_weights: str | None = None,
+             max_images: int = 0, output: storage.PathLike | None = None, progress: bool = False) -> dict:
     """Scores a bundle or workdir on `dataset`, writes the JSON report and prints its table."""
     t0 = time.time()
     b = bundle_lib.load_any(model)
@@ -89,13 +89,13 @@ def evaluate(model: str | Path, dataset: str = "embedded", inception_weights: st
         report = fid_report(b, dataset, variables, max_images, progress)
         report["inception_weights"] = extractor
         table = format_fid_table(report)
-    by_name = not Path(model).exists()  # a pretrained model's name
-    report["model"] = str(model) if by_name else str(Path(model).absolute())
+    by_name = not storage.resolve(model).exists()  # a pretrained model's name
+    report["model"] = str(model) if by_name else str(storage.resolve(model))
     report["seconds"] = round(time.time() - t0, 1)
     name = datasets.kind(dataset) if datasets.kind(dataset) == "embedded" else Path(dataset.rstrip("/")).name
     if not output:
-        output = Path(f"eval_{model}_{name}.json") if by_name else Path(model) / f"eval_{name}.json"
-    output = Path(output)
+        output = f"eval_{model}_{name}.json" if by_name else storage.resolve(model) / f"eval_{name}.json"
+    output = storage.resolve(output)  # local or gs://
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(report, indent=2))
     print(table, flush=True)

@@ -7,17 +7,17 @@ from __future__ import annotations
 
 import sys
 import time
-from pathlib import Path
 
 import jax
 import tensorflow as tf
 from tqdm import tqdm
 
+from cyclejax import storage
 from cyclejax.losses import METRICS
 
 
 class Progress:
-    def __init__(self, workdir: Path, start: int, total: int, steps_per_epoch: int, enabled: bool = True):
+    def __init__(self, workdir: storage.PathLike, start: int, total: int, steps_per_epoch: int, enabled: bool = True):
         self.enabled = enabled
         self.total, self.spe = total, steps_per_epoch
         self.last_step, self.last_time = start, time.perf_counter()
@@ -25,7 +25,7 @@ class Progress:
         self.writer = None
         if not enabled:
             return
-        self.writer = tf.summary.create_file_writer(str(workdir))
+        self.writer = tf.summary.create_file_writer(str(workdir))  # tf.io.gfile: local or gs://
         if sys.stderr.isatty():
             self.bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True)
 

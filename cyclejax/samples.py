@@ -1,15 +1,13 @@
 """Image grids of translations (real_A, fake_B, rec_A, real_B, fake_A, rec_B) as PNG and in TensorBoard."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import tensorflow as tf
-from PIL import Image
 
-from cyclejax import input_pipeline
+from cyclejax import input_pipeline, storage
 from cyclejax.model import apply_train_mode
 
 ROWS = 4
@@ -18,8 +16,8 @@ ROWS = 4
 class SampleWriter:
     """Translates the same few test images every time, so successive grids are comparable."""
 
-    def __init__(self, workdir: Path, images_A, images_B, config, model, writer):
-        self.dir = Path(workdir) / "samples"
+    def __init__(self, workdir: storage.PathLike, images_A, images_B, config, model, writer):
+        self.dir = storage.resolve(workdir) / "samples"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.writer = writer  # the run's one TensorBoard writer (Progress.writer)
         pick = lambda imgs: [imgs[i] for i in np.linspace(0, len(imgs) - 1, ROWS).astype(int)]  # noqa: E731
@@ -44,10 +42,10 @@ class SampleWriter:
         img = np.concatenate(rows, 0)
         return np.clip((img + 1) * 127.5 + 0.5, 0, 255).astype(np.uint8)
 
-    def write(self, step: int, state) -> Path:
+    def write(self, step: int, state):
         img = self.grid(state)
         path = self.dir / f"step_{step:08d}.png"
-        Image.fromarray(img).save(path)
+        storage.write_png(path, img)
         with self.writer.as_default(step=step):
             tf.summary.image("real_A|fake_B|rec_A|real_B|fake_A|rec_B", img[None], step=step)
         self.writer.flush()

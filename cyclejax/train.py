@@ -11,7 +11,6 @@ from pathlib import Path
 
 import jax
 from absl import flags
-from absl import logging as absl_logging
 
 from cyclejax import cli, parallel, training
 
@@ -27,12 +26,11 @@ _CONFIG = cli.define_config("config", str(Path(__file__).parent / "configs" / "d
 def main(argv):
     del argv
     config = cli.config_value(_CONFIG)
-    absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax and TF are chatty at INFO
     parallel.initialize_processes(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     is_main = jax.process_index() == 0
     if jax.process_count() > 1 and not _WORKDIR.value:
         cli.fail("a run over several processes needs --workdir, a path every host reaches (e.g. gs://bucket/run)")
-    workdir = Path(_WORKDIR.value) if _WORKDIR.value else training.default_workdir()
+    workdir = _WORKDIR.value or training.default_workdir()
     if is_main:
         print(f"cyclejax: training {config.dataset} into {workdir} on {jax.device_count()} devices, "
               f"{jax.process_count()} process(es)", flush=True)

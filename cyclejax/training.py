@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 import jax
 import ml_collections
 
 from cyclejax import (checkpoints, config_check, datasets, embedded_score, input_pipeline, nonfinite, parallel,
-                      preemption, train_state, train_step)
+                      preemption, storage, train_state, train_step)
 from cyclejax import model as model_lib
 from cyclejax.errors import NonFiniteError
 from cyclejax.progress import Progress
@@ -37,9 +36,9 @@ def load_data(config: ml_collections.ConfigDict):
     return train_A, train_B, test_A, test_B
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: storage.PathLike) -> dict:
     """Trains (or resumes) in `workdir`; returns the last metrics and, on the embedded dataset, eval.json."""
-    workdir = Path(workdir)
+    workdir = storage.resolve(workdir)  # local or gs://
     mesh = parallel.make_mesh()
     config_check.validate(config, jax.device_count(), jax.process_count())
     is_main = jax.process_index() == 0
@@ -130,5 +129,5 @@ def _save(mngr, state, config, record) -> None:
     checkpoints.save(mngr, state, config)
 
 
-def default_workdir() -> Path:
-    return Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+def default_workdir() -> str:
+    return f"runs/{time.strftime('%Y%m%d-%H%M%S')}"

@@ -18,11 +18,12 @@ from typing import Iterable
 import jax
 import numpy as np
 from absl import logging
+from etils import epath
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from cyclejax import bundle as bundle_lib
-from cyclejax import datasets
+from cyclejax import datasets, storage
 from cyclejax.errors import UserError
 
 EXTENSIONS = datasets.IMAGE_EXTENSIONS  # the same files the train command reads
@@ -102,9 +103,9 @@ def _ramp(n: int, fade_in: bool, fade_out: bool) -> np.ndarray:
     return w
 
 
-def list_inputs(path: str | Path) -> list[Path]:
-    """The image files to translate: `path` itself, or the image files in the folder `path`."""
-    path = Path(path)
+def list_inputs(path: storage.PathLike) -> list[epath.Path]:
+    """The image files to translate: `path` itself, or the image files in the folder `path` (local or gs://)."""
+    path = storage.resolve(path)
     if path.is_file():
         return [path]
     if not path.is_dir():
@@ -119,9 +120,9 @@ def list_inputs(path: str | Path) -> list[Path]:
     return images
 
 
-def read_image(path: Path, channels: int) -> np.ndarray:
+def read_image(path: epath.Path, channels: int) -> np.ndarray:
     try:
-        with Image.open(path) as img:
+        with epath.Path(path).open("rb") as f, Image.open(f) as img:
             img = img.convert("RGB" if channels == 3 else "L")
             arr = np.asarray(img)
     except (UnidentifiedImageError, OSError) as e:
@@ -129,11 +130,7 @@ def read_image(path: Path, channels: int) -> np.ndarray:
     return arr if arr.ndim == 3 else arr[..., None]
 
 
-def _save_png(arr: np.ndarray, path: Path) -> None:
-    Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr).save(path)
-
-
-def _output_names(files: Iterable[Path]) -> list[str]:
+def _output_names(files: Iterable[epath.Path]) -> list[str]:
     """PNG names after the inputs' names; 'a.jpg' and 'a.png' become 'a.png' and 'a_png.png'."""
     names, seen = [], set()
     for f in files:
@@ -143,14 +140,14 @@ def _output_names(files: Iterable[Path]) -> list[str]:
     return names
 
 
-def translate_files(translator: ImageTranslator, files: list[Path], output: str | Path, title: str = "",
+def translate_files(translator: ImageTranslator, files: list[epath.Path], output: storage.PathLike, title: str = "",
                     strict: bool = False, progress: bool = True) -> list[tuple[str, str]]:
     """Translates `files` into `output`; returns (input copy, output) names, also written to index.html.
 
     An unreadable file stops the run when `strict` (a single --input file), and is skipped
     with a warning naming it otherwise.
     """
-    output = Path(output)
+    output = storage.resolve(output)  # local or gs://
     (output / "inputs").mkdir(parents=True, exist_ok=True)
     rows = []
     for f, name in tqdm(list(zip(files, _output_names(files))), desc="translate", unit="img", disable=not progress):
@@ -161,14 +158,14 @@ def translate_files(translator: ImageTranslator, files: list[Path], output: str 
                 raise
             logging.warning("skipping %s", e)
             continue
-        _save_png(image, output / "inputs" / name)
-        _save_png(translator(image), output / name)
+        storage.write_png(output / "inputs" / name, image)
+        storage.write_png(output / name, translator(image))
         rows.append((f"inputs/{name}", name))
     write_index(output / "index.html", rows, title)
     return rows
 
 
-def write_index(path: Path, rows: list[tuple[str, str]], title: str) -> None:
+def write_index(path: epath.Path, rows: list[tuple[str, str]], title: str) -> None:
     """A results page as the official one: one row per image, input beside output."""
     cells = "\n".join(
         f"<tr><td>{html.escape(Path(o).stem)}</td><td><img src='{html.escape(i)}' width=256></td>"
@@ -178,12 +175,12 @@ def write_index(path: Path, rows: list[tuple[str, str]], title: str) -> None:
                     f"<tr><th>name</th><th>input</th><th>output</th></tr>\n{cells}\n</table></body></html>\n")
 
 
-def translate(model: str | Path, input: str | Path, output: str | Path, direction: str = "AtoB",
+def translate(model: storage.PathLike, input: storage.PathLike, output: storage.PathLike, direction: str = "AtoB",
               tile: int = 2048, progress: bool = True) -> list[tuple[str, str]]:
     b = bundle_lib.load_any(model)
     translator = ImageTranslator(b, direction, tile)
     files = list_inputs(input)
     d = b.config.get("domains", {"A": "A", "B": "B"})
     src, dst = (d["A"], d["B"]) if direction == "AtoB" else (d["B"], d["A"])
-    return translate_files(translator, files, output, title=f"{Path(model).name}: {src} -> {dst}",
-                           strict=Path(input).is_file(), progress=progress)
+    return translate_files(translator, files, output, title=f"{epath.Path(model).name}: {src} -> {dst}",
+                           strict=storage.resolve(input).is_file(), progress=progress)

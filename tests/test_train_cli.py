@@ -102,3 +102,23 @@ def test_flag_and_config_key_mistakes_are_one_line(tmp_path, flag, message):
     errors = [line for line in out.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and message in errors[0], out.stderr[-2000:]
     assert "Traceback" not in out.stderr and not (tmp_path / "checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_commands_show_only_their_own_lines_unless_asked(tmp_path):
+    """TensorFlow's start-up lines and Orbax's INFO lines are hidden; --verbosity=0 brings them back."""
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "TF_ENABLE_ONEDNN_OPTS")}
+    train = subprocess.run(_cmd(tmp_path / "run", "--config.max_steps=2"), cwd=ROOT, env=env, capture_output=True,
+                           text=True, timeout=300)
+    assert train.returncode == 0, train.stderr[-2000:]
+    assert train.stderr == ""
+    assert train.stdout.splitlines()[0].startswith("cyclejax: training embedded into ")
+    export = [sys.executable, "-m", "cyclejax.export", f"--workdir={tmp_path / 'run'}"]
+    quiet = subprocess.run(export + [f"--output={tmp_path / 'b1'}"], cwd=ROOT, env=env, capture_output=True,
+                           text=True, timeout=300)
+    assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr[-2000:]
+    assert quiet.stdout.startswith("cyclejax: wrote ")
+    loud = subprocess.run(_cmd(tmp_path / "run", "--config.max_steps=4", "--verbosity=0"), cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert loud.returncode == 0, loud.stderr[-2000:]
+    assert "oneDNN custom operations are on" in loud.stderr and "orbax-checkpoint version" in loud.stderr
