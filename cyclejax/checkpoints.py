@@ -1,16 +1,23 @@
 """Orbax checkpoints of the whole train state and its config, in <workdir>/checkpoints.
 
-Saves are asynchronous and atomic (Orbax writes to a temporary folder and renames it), so a
-crash or kill mid-save leaves the previous checkpoint as the latest usable one.
+Saves are asynchronous and atomic (Orbax writes to a temporary folder and renames it, or on
+GCS marks a finished step with a commit file), so a crash or kill mid-save leaves the previous
+checkpoint as the latest usable one. A finished checkpoint that cannot be read back (a file
+truncated or lost afterwards) is skipped with a warning, moved aside to
+<workdir>/damaged_checkpoints/, and the one before it restored; a workdir whose every
+checkpoint is unreadable is an error, never a silent fresh start.
 """
 from __future__ import annotations
 
 import json
+import time
 
 import jax
 import numpy as np
 import ml_collections
 import orbax.checkpoint as ocp
+from absl import logging
+from jax.experimental import multihost_utils
 
 from cyclejax import storage
 from cyclejax.errors import UserError
@@ -24,6 +31,10 @@ ARCHITECTURE_KEYS = ("netG", "netD", "n_layers_D", "ngf", "ndf", "norm", "input_
 
 class CheckpointMismatch(UserError):
     """A workdir whose checkpoint was made with another architecture."""
+
+
+class CheckpointsUnreadable(UserError):
+    """A workdir that holds checkpoints none of which can be restored."""
 
 
 def manager(workdir: storage.PathLike, keep: int = 3) -> ocp.CheckpointManager:
@@ -52,14 +63,52 @@ def check_compatible(saved: dict, config: ml_collections.ConfigDict, where: str)
 
 
 def restore_latest(mngr: ocp.CheckpointManager, like: TrainState, config: ml_collections.ConfigDict) -> TrainState | None:
-    """The latest checkpoint restored into the shapes and shardings of `like`, or None."""
-    step = mngr.latest_step()
-    if step is None:
-        return None
-    check_compatible(saved_config(mngr, step), config, str(mngr.directory))
+    """The latest readable checkpoint restored into the shapes and shardings of `like`, or None
+    when there is none; unreadable ones after it are set aside (see the module docstring)."""
+    steps = sorted(mngr.all_steps(), reverse=True)
+    damaged = []
     abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, like)
-    restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
-    return restored["state"]
+    for step in steps:
+        try:
+            saved = saved_config(mngr, step)
+        except Exception as e:  # noqa: BLE001 - missing or corrupt JSON, storage errors
+            damaged.append((step, e))
+            continue
+        check_compatible(saved, config, str(mngr.directory))  # a mismatch is the user's, not damage
+        try:
+            restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
+        except Exception as e:  # noqa: BLE001 - TensorStore reports truncated or missing data variously
+            damaged.append((step, e))
+            continue
+        if damaged:
+            _set_aside(mngr, damaged, step)
+        return restored["state"]
+    if damaged:
+        raise CheckpointsUnreadable(
+            f"{mngr.directory} holds checkpoints of steps {sorted(steps)} and none can be read "
+            f"(step {damaged[0][0]}: {_short(damaged[0][1])}). Move that folder away to start afresh.")
+    return None
+
+
+def _short(error: Exception) -> str:
+    return f"{type(error).__name__}: {' '.join(str(error).split())[:300]}"
+
+
+def _set_aside(mngr: ocp.CheckpointManager, damaged: list, restored_step: int) -> None:
+    """Warns about each unreadable checkpoint and moves it out of Orbax's sight (so the run can
+    save that step again), to <workdir>/damaged_checkpoints/<step>-<time>."""
+    aside = mngr.directory.parent / "damaged_checkpoints"
+    for step, error in damaged:
+        logging.warning("checkpoint %s is damaged and was skipped (%s); resuming from step %d instead. "
+                        "It is kept in %s.", mngr.directory / str(step), _short(error), restored_step, aside)
+    if jax.process_index() == 0:
+        aside.mkdir(parents=True, exist_ok=True)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        for step, _ in damaged:
+            (mngr.directory / str(step)).rename(aside / f"{step}-{stamp}")
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("cyclejax: damaged checkpoints set aside")
+    mngr.reload()
 
 
 def restore_anywhere() -> ocp.args.StandardRestore:
