@@ -9,7 +9,10 @@ checkpoint is unreadable is an error, never a silent fresh start.
 """
 from __future__ import annotations
 
+import gc
+import inspect
 import json
+import sys
 import time
 
 import jax
@@ -72,13 +75,14 @@ def restore_latest(mngr: ocp.CheckpointManager, like: TrainState, config: ml_col
         try:
             saved = saved_config(mngr, step)
         except Exception as e:  # noqa: BLE001 - missing or corrupt JSON, storage errors
-            damaged.append((step, e))
+            damaged.append((step, _short(e)))
             continue
         check_compatible(saved, config, str(mngr.directory))  # a mismatch is the user's, not damage
         try:
             restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
         except Exception as e:  # noqa: BLE001 - TensorStore reports truncated or missing data variously
-            damaged.append((step, e))
+            damaged.append((step, _short(e)))
+            _silence_abandoned_reads()
             continue
         if damaged:
             _set_aside(mngr, damaged, step)
@@ -86,12 +90,38 @@ def restore_latest(mngr: ocp.CheckpointManager, like: TrainState, config: ml_col
     if damaged:
         raise CheckpointsUnreadable(
             f"{mngr.directory} holds checkpoints of steps {sorted(steps)} and none can be read "
-            f"(step {damaged[0][0]}: {_short(damaged[0][1])}). Move that folder away to start afresh.")
+            f"(step {damaged[0][0]}: {damaged[0][1]}). Move that folder away to start afresh.")
     return None
 
 
+def _silence_abandoned_reads() -> None:
+    """Orbax reads a checkpoint's arrays concurrently; when one read fails, it closes its event
+    loop and abandons the others, whose ends Python would print with tracebacks ('Exception
+    ignored in <coroutine>', 'RuntimeError: Event loop is closed') for a while after. The
+    failure itself is already reported, in one line: drop just those two kinds from now on."""
+    if getattr(sys.unraisablehook, "cyclejax_filter", False):
+        return
+    unraisable, excepthook = sys.unraisablehook, sys.excepthook
+
+    def abandoned(exc) -> bool:
+        return isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"
+
+    def filter_unraisable(u):
+        if not (inspect.iscoroutine(u.object) or abandoned(u.exc_value)):
+            unraisable(u)
+
+    def filter_excepthook(kind, value, tb):
+        if not abandoned(value):
+            excepthook(kind, value, tb)
+
+    filter_unraisable.cyclejax_filter = True
+    sys.unraisablehook, sys.excepthook = filter_unraisable, filter_excepthook
+    gc.collect()
+
+
 def _short(error: Exception) -> str:
-    return f"{type(error).__name__}: {' '.join(str(error).split())[:300]}"
+    text = " ".join(str(error).split()).split(" See full TensorStore details")[0]
+    return f"{type(error).__name__}: {text[:300]}"
 
 
 def _set_aside(mngr: ocp.CheckpointManager, damaged: list, restored_step: int) -> None:
@@ -100,7 +130,7 @@ def _set_aside(mngr: ocp.CheckpointManager, damaged: list, restored_step: int) -
     aside = mngr.directory.parent / "damaged_checkpoints"
     for step, error in damaged:
         logging.warning("checkpoint %s is damaged and was skipped (%s); resuming from step %d instead. "
-                        "It is kept in %s.", mngr.directory / str(step), _short(error), restored_step, aside)
+                        "It is kept in %s.", mngr.directory / str(step), error, restored_step, aside)
     if jax.process_index() == 0:
         aside.mkdir(parents=True, exist_ok=True)
         stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -134,8 +164,13 @@ def restore_generators(workdir: storage.PathLike, step: int | None = None) -> tu
         step = max(steps) if step is None else step
         if step not in steps:
             raise FileNotFoundError(f"{ckpt_dir} has no checkpoint of step {step}; it has {sorted(steps)}")
-        restored = mngr.restore(step, args=ocp.args.Composite(state=restore_anywhere(),
-                                                               config=ocp.args.JsonRestore()))
+        try:
+            restored = mngr.restore(step, args=ocp.args.Composite(state=restore_anywhere(),
+                                                                   config=ocp.args.JsonRestore()))
+        except Exception as e:  # noqa: BLE001 - truncated or missing files, as in restore_latest
+            _silence_abandoned_reads()
+            raise CheckpointsUnreadable(f"the checkpoint {ckpt_dir / str(step)} cannot be read ({_short(e)}); "
+                                        f"choose another step (it has {sorted(steps)})") from e
     finally:
         mngr.close()
     state = restored["state"]

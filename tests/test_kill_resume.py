@@ -90,10 +90,15 @@ def test_damaged_latest_checkpoint_is_skipped_with_a_warning(tmp_path, uninterru
     first = _train(workdir, "--config.max_steps=12", "--config.eval_at_end=False")
     assert first.returncode == 0, first.stderr[-3000:]
     _truncate_largest_array_file(workdir / "checkpoints" / "12")
+    export = subprocess.run([sys.executable, "-m", "cyclejax.export", f"--workdir={workdir}",
+                             f"--output={tmp_path / 'bundle'}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert export.returncode == 2 and "Traceback" not in export.stderr, export.stderr[-3000:]
+    assert f"error: the checkpoint {workdir / 'checkpoints' / '12'} cannot be read" in export.stderr
     resumed = _train(workdir)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"checkpoint {workdir / 'checkpoints' / '12'} is damaged and was skipped" in resumed.stderr
     assert "resuming from step 10 instead" in resumed.stderr and "resumed from step 10" in resumed.stdout
+    assert "Traceback" not in resumed.stderr  # Orbax's abandoned reads are not shown
     assert [p.name.split("-")[0] for p in (workdir / "damaged_checkpoints").iterdir()] == ["12"]
     _assert_same_state(workdir, uninterrupted)
 
