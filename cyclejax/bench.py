@@ -3,6 +3,9 @@
 Prints what it measures as it goes and, last, one JSON line (`cyclejax.benchmark`):
 `s_per_step`, `compile_s`, `img_per_s`, `gflops_per_s`, `peak_rss_mb`, and with
 `--breakdown` the median seconds of the step's parts.
+
+`--input --dataset=FOLDER` times the input pipeline alone instead: images/s of training
+batches (read, decoded, resize_and_crop from size * 286 / 256 to --size, flipped).
 """
 from __future__ import annotations
 
@@ -23,10 +26,20 @@ _NDF = flags.DEFINE_integer("ndf", 64, "discriminator width")
 _STEPS = flags.DEFINE_integer("steps", 5, "timed steps")
 _WARMUP = flags.DEFINE_integer("warmup", 1, "untimed steps after compilation")
 _BREAKDOWN = flags.DEFINE_bool("breakdown", False, "also time the parts of a step (generator, discriminator, ...)")
+_INPUT = flags.DEFINE_bool("input", False, "time the input pipeline alone (with --dataset), not the step")
+_DATASET = flags.DEFINE_string("dataset", None, "with --input: a folder with trainA/ trainB/, a TFDS name, or embedded")
+_BATCHES = flags.DEFINE_integer("batches", 100, "with --input: timed batches")
 
 
 def main(argv):
     del argv
+    if _INPUT.value:
+        if not _DATASET.value:
+            cli.fail("--input needs --dataset (a folder with trainA/ and trainB/, a TFDS name or embedded)")
+        if _BATCH.value < 1 or _BATCHES.value < 1:
+            cli.fail("--batch and --batches must be at least 1")
+        print(json.dumps(benchmark.input_rate(_DATASET.value, _SIZE.value, _BATCH.value, _BATCHES.value)))
+        return
     sizes = dict(netG=_NETG.value, netD=_NETD.value, size=_SIZE.value, batch=_BATCH.value, dtype=_DTYPE.value,
                  ngf=_NGF.value, ndf=_NDF.value, steps=_STEPS.value)
     result = benchmark.benchmark(warmup=_WARMUP.value, **sizes)

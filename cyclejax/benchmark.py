@@ -6,6 +6,7 @@
 """
 from __future__ import annotations
 
+import os
 import platform
 import resource
 import statistics
@@ -109,3 +110,29 @@ def breakdown(netG: str, netD: str, size: int, batch: int, dtype: str, ngf: int,
         "discriminator_update_grad_s": _time(d_loss, state.d_params, steps=steps),
         "first_upsampling_fwd_bwd_s": _time(up_grad, up_in, up_k, steps=steps),
     }
+
+
+def input_rate(dataset: str, size: int, batch: int, batches: int, warmup: int = 10) -> dict:
+    """Images per second of training batches from `dataset` (read, decoded, resize_and_crop to
+    `size` from size * 286 / 256, flipped), the input pipeline alone, on this process's CPUs."""
+    from cyclejax import datasets, input_pipeline  # TensorFlow only when the input is timed
+
+    config = default.get_config("paper")
+    config.update(dataset=dataset, batch_size=batch, crop_size=size, load_size=int(size * 286 / 256 + 0.5),
+                  preprocess="resize_and_crop", max_dataset_size=0)
+    t0 = time.perf_counter()
+    split_A, split_B = (datasets.load_split(dataset, s) for s in ("trainA", "trainB"))
+    list_s = time.perf_counter() - t0
+    it = input_pipeline.train_batches(split_A, split_B, config, 0)
+    for _ in range(warmup):
+        next(it)
+    t0 = time.perf_counter()
+    for _ in range(batches):
+        b = next(it)
+    elapsed = time.perf_counter() - t0
+    assert b["A"].shape == (batch, size, size, 3)
+    return {"input_img_per_s": round(2 * batches * batch / elapsed, 1),  # A and B images both count
+            "batches": batches, "batch": batch, "size": size, "load_size": config.load_size,
+            "images": [len(split_A), len(split_B)], "list_s": round(list_s, 2),
+            "cpus": len(os.sched_getaffinity(0)),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}

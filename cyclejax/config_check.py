@@ -33,7 +33,8 @@ def validate(config: ml_collections.ConfigDict, device_count: int, process_count
             raise ConfigError(f"config.{key}={config.get(key)!r} must not be negative")
     if config.n_epochs + config.n_epochs_decay < 1:
         raise ConfigError("config.n_epochs + config.n_epochs_decay must be at least 1")
-    if config.preprocess in ("resize_and_crop", "scale_width_and_crop") and config.crop_size > config.load_size:
+    mode = input_pipeline.preprocess_mode(config)
+    if mode in ("resize_and_crop", "scale_width_and_crop") and config.crop_size > config.load_size:
         raise ConfigError(f"config.crop_size={config.crop_size} is larger than config.load_size={config.load_size}; "
                           f"crop_size must be <= load_size with preprocess={config.preprocess!r}")
     if config.batch_size % device_count:
@@ -44,7 +45,7 @@ def validate(config: ml_collections.ConfigDict, device_count: int, process_count
         raise ConfigError(f"identity loss (config.lambda_identity={config.lambda_identity}) needs input_nc == output_nc, "
                           f"got {config.input_nc} and {config.output_nc}; set lambda_identity=0")
     multiple = networks.generator_multiple(config.netG)
-    if config.preprocess != "none" and config.crop_size % multiple:
+    if mode != "none" and config.crop_size % multiple:
         raise ConfigError(f"config.netG={config.netG!r} needs crop_size to be a multiple of {multiple}, "
                           f"got crop_size={config.crop_size}")
     if config.input_nc != 3 or config.output_nc != 3:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from tqdm import tqdm
@@ -24,6 +25,22 @@ from cyclejax.translation import ImageTranslator
 
 class EvaluateError(UserError):
     """A dataset that cannot be scored (no test splits)."""
+
+
+class _Translated(Sequence):
+    """The translations of a split, made when read (a batch of them at a time, by `fid.image_features`)."""
+
+    def __init__(self, translate, split: datasets.Split, bar):
+        self.translate, self.split, self.bar = translate, split, bar
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        self.bar.update(1)
+        return self.translate(self.split[i])
 
 
 def embedded_report(b: bundle_lib.Bundle) -> dict:
@@ -43,13 +60,14 @@ def fid_report(b: bundle_lib.Bundle, dataset: str, variables: dict, max_images: 
     for split in ("testA", "testB"):
         if not datasets.has_split(dataset, split):
             raise EvaluateError(f"{dataset} has no {split} split: FID needs testA and testB")
-        tests[split[-1]] = datasets.load_images(dataset, split, max_images)
+        tests[split[-1]] = datasets.load_split(dataset, split, max_images)  # decoded when read
     report: dict = {"dataset": dataset, "resize": "PIL bicubic to 299x299 on float32 channels (clean-fid 'clean')",
                     "features": "pytorch-fid FID Inception-v3 pool3 (2048-d)"}
     for direction in b.directions:
         src, dst = ("A", "B") if direction == "AtoB" else ("B", "A")
         translate = ImageTranslator(b, direction)
-        fakes = [translate(im) for im in tqdm(tests[src], desc=f"translate {direction}", disable=not progress)]
+        fakes = _Translated(translate, tests[src], tqdm(total=len(tests[src]), desc=f"translate {direction}",
+                                                         disable=not progress))
         f_fake = fid.image_features(variables, fakes)
         f_real = fid.image_features(variables, tests[dst])
         report[direction] = {"fid": round(fid.fid_from_features(f_fake, f_real), 4),

@@ -12,9 +12,18 @@ from typing import Iterator
 import numpy as np
 import tensorflow as tf
 
+from cyclejax import datasets, images
+
 tf.config.set_visible_devices([], "GPU")  # tf.data only: leave accelerators to JAX
 
-PREPROCESS = ("resize_and_crop", "crop", "scale_width", "scale_width_and_crop", "none")
+PREPROCESS = ("auto", "resize_and_crop", "crop", "scale_width", "scale_width_and_crop", "none")
+
+
+def preprocess_mode(config) -> str:
+    """`auto`: none on the embedded dataset (64x64 already), resize_and_crop on any other."""
+    if config.preprocess != "auto":
+        return config.preprocess
+    return "none" if config.dataset == "embedded" else "resize_and_crop"
 
 
 def steps_per_epoch(n_A: int, n_B: int, global_batch: int) -> int:
@@ -45,16 +54,31 @@ def _scale_width(img: tf.Tensor, target_width: int, crop_size: int) -> tf.Tensor
     return tf.image.resize(img, (new_h, target_width), method="bicubic")
 
 
+def _at_least(img: tf.Tensor, size: int) -> tf.Tensor:
+    """Scaled up (bicubic, aspect kept) until both sides are at least `size`; larger images unchanged.
+
+    The official 'crop' mode would return an image smaller than the crop uncropped, and the
+    batch could not be stacked; we resize it up instead.
+    """
+    h = tf.cast(tf.shape(img)[0], tf.float32)
+    w = tf.cast(tf.shape(img)[1], tf.float32)
+    scale = tf.maximum(size / tf.minimum(h, w), 1.0)
+    new = (tf.cast(tf.math.ceil(h * scale), tf.int32), tf.cast(tf.math.ceil(w * scale), tf.int32))
+    return tf.cond(scale > 1.0, lambda: tf.image.resize(img, new, method="bicubic"), lambda: img)
+
+
 def preprocess(img: tf.Tensor, seed: tf.Tensor, config, train: bool) -> tf.Tensor:
     """The official `get_transform`: uint8 HWC -> float32 in [-1, 1]."""
     img = tf.cast(img, tf.float32)
-    load, crop, mode = config.load_size, config.crop_size, config.preprocess
+    load, crop, mode = config.load_size, config.crop_size, preprocess_mode(config)
     if not train:
         load = crop
     if mode == "resize_and_crop":
         img = tf.image.resize(img, (load, load), method="bicubic")
     elif mode in ("scale_width", "scale_width_and_crop"):
         img = _scale_width(img, load if mode.endswith("crop") else crop, crop)
+    if mode == "crop":
+        img = _at_least(img, crop)
     if mode in ("resize_and_crop", "crop", "scale_width_and_crop"):
         if train:
             img = tf.image.stateless_random_crop(img, (crop, crop, 3), seed=seed)
@@ -72,30 +96,71 @@ def preprocess(img: tf.Tensor, seed: tf.Tensor, config, train: bool) -> tf.Tenso
     return img / 127.5 - 1.0
 
 
-def train_batches(images_A: list[np.ndarray], images_B: list[np.ndarray], config, start_step: int,
+def _decode(data: tf.Tensor, name: tf.Tensor) -> tf.Tensor:
+    """The one reader (`cyclejax.images`) inside tf.data: encoded bytes -> uint8 (H, W, 3)."""
+    def read(d, n):
+        try:
+            return images.decode(d, n.decode())
+        except images.UnreadableImage as e:
+            raise ValueError(f"{UNREADABLE}{e}") from None  # tf.data carries only the message
+    img = tf.numpy_function(read, [data, name], tf.uint8, stateful=False)
+    img.set_shape([None, None, 3])
+    return img
+
+
+def train_batches(split_A: datasets.Split, split_B: datasets.Split, config, start_step: int,
                   process_index: int = 0, process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
-    """This process's part of each global batch, from `start_step` on: {'A', 'B', 'step'}."""
+    """This process's part of each global batch, from `start_step` on: {'A', 'B', 'step'}.
+
+    Only indices and file names (or encoded bytes) pass through Python; files are read and
+    decoded in parallel tf.data workers, a bounded number of images in flight.
+    """
     global_batch = config.batch_size
     local = global_batch // process_count
     rows = slice(process_index * local, (process_index + 1) * local)
-    stream = index_stream(len(images_A), len(images_B), global_batch, config.seed, start_step, rows)
+    stream = index_stream(len(split_A), len(split_B), global_batch, config.seed, start_step, rows)
 
     def examples():
         for step, idx_A, idx_B in stream:
             for row, (a, b) in enumerate(zip(idx_A, idx_B)):
                 sample = step * global_batch + rows.start + row
-                yield images_A[a], images_B[b], np.array([config.seed, sample], np.int64), np.int64(step)
+                yield (split_A.items[a], split_A.names[a], split_B.items[b], split_B.names[b],
+                       np.array([config.seed, sample], np.int64), np.int64(step))
 
-    sig = (tf.TensorSpec((None, None, 3), tf.uint8), tf.TensorSpec((None, None, 3), tf.uint8),
-           tf.TensorSpec((2,), tf.int64), tf.TensorSpec((), tf.int64))
+    text = tf.TensorSpec((), tf.string)
+    sig = (text, text, text, text, tf.TensorSpec((2,), tf.int64), tf.TensorSpec((), tf.int64))
     ds = tf.data.Dataset.from_generator(examples, output_signature=sig)
 
-    def prep(a, b, seed, step):
-        return {"A": preprocess(a, seed * 2, config, True), "B": preprocess(b, seed * 2 + 1, config, True), "step": step}
+    def load(item, name, from_files):
+        return _decode(tf.io.read_file(item) if from_files else item, name)
+
+    def prep(a, name_a, b, name_b, seed, step):
+        img_A = load(a, name_a, split_A.from_files)
+        img_B = load(b, name_b, split_B.from_files)
+        return {"A": preprocess(img_A, seed * 2, config, True), "B": preprocess(img_B, seed * 2 + 1, config, True),
+                "step": step}
 
     ds = ds.map(prep, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.batch(local, drop_remainder=True).prefetch(config.prefetch)
-    return ds.as_numpy_iterator()
+    return _named_errors(ds.as_numpy_iterator())
+
+
+UNREADABLE = "cyclejax-unreadable: "
+
+
+def _named_errors(batches: Iterator) -> Iterator:
+    """tf.data's error for a file that cannot be decoded, as a DatasetError naming the file."""
+    while True:
+        try:
+            yield next(batches)
+        except StopIteration:
+            return
+        except tf.errors.OpError as e:
+            if UNREADABLE not in e.message:
+                raise
+            message = e.message.split(UNREADABLE, 1)[1].splitlines()[0]
+            raise datasets.DatasetError(f"{message}; remove or replace the file and run the same command "
+                                        f"again (it resumes from the last checkpoint)") from None
 
 
 def eval_images(images: list[np.ndarray], config) -> np.ndarray:

@@ -26,12 +26,16 @@ def _swap(config, a, b):
 
 
 def load_data(config: ml_collections.ConfigDict):
-    """Train and (if present) test images of both domains, after `direction`."""
-    train_A, train_B = _swap(config, *(datasets.load_images(config.dataset, s, config.max_dataset_size)
+    """Train and (if present) test splits of both domains, after `direction`; nothing decoded yet."""
+    train_A, train_B = _swap(config, *(datasets.load_split(config.dataset, s, config.max_dataset_size)
                                        for s in ("trainA", "trainB")))
     tests = []
     for split in ("testA", "testB"):
-        tests.append(datasets.load_images(config.dataset, split) if datasets.has_split(config.dataset, split) else [])
+        tests.append(datasets.load_split(config.dataset, split) if datasets.has_split(config.dataset, split) else [])
+    if input_pipeline.preprocess_mode(config) == "none":
+        datasets.check_same_size([s for s in (train_A, train_B, *tests) if s],
+                                 "use --config.preprocess=resize_and_crop (to --config.crop_size) or "
+                                 "--config.preprocess=auto")
     test_A, test_B = _swap(config, *tests)
     return train_A, train_B, test_A, test_B
 
@@ -45,16 +49,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: storage.PathL
     t_start = time.time()
 
     train_A, train_B, test_A, test_B = load_data(config)
+    t_listed = time.time() - t_start
     spe = input_pipeline.steps_per_epoch(len(train_A), len(train_B), config.batch_size)
     total = (config.n_epochs + config.n_epochs_decay) * spe
     if config.max_steps:
         total = min(total, config.max_steps)
     if is_main:
-        print(f"data: {len(train_A)} A and {len(train_B)} B training images, {spe} steps per epoch, {total} steps",
-              flush=True)
+        print(f"data: {len(train_A)} A and {len(train_B)} B training images, {spe} steps per epoch, {total} steps "
+              f"(listed in {t_listed:.1f} s; decoded as batches need them)", flush=True)
 
     model = model_lib.build(config, spe)
-    sample_batch = {k: input_pipeline.eval_images(v[:1], config) for k, v in (("A", train_A), ("B", train_B))}
+    sample_batch = {k: input_pipeline.eval_images([v[0]], config) for k, v in (("A", train_A), ("B", train_B))}
     state = train_state.create(model, config.seed, sample_batch["A"].shape[1:], sample_batch["B"].shape[1:])
     # Replicated over the mesh first, so a checkpoint restores straight into the shardings of
     # this run's topology (whatever topology wrote it).

@@ -19,11 +19,11 @@ import jax
 import numpy as np
 from absl import logging
 from etils import epath
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from tqdm import tqdm
 
 from cyclejax import bundle as bundle_lib
-from cyclejax import datasets, storage
+from cyclejax import datasets, images, storage
 from cyclejax.errors import UserError
 
 EXTENSIONS = datasets.IMAGE_EXTENSIONS  # the same files the train command reads
@@ -121,13 +121,14 @@ def list_inputs(path: storage.PathLike) -> list[epath.Path]:
 
 
 def read_image(path: epath.Path, channels: int) -> np.ndarray:
+    """The training reader's RGB (`cyclejax.images`); its luma (ITU-R 601, as PIL's 'L') for 1 channel."""
     try:
-        with epath.Path(path).open("rb") as f, Image.open(f) as img:
-            img = img.convert("RGB" if channels == 3 else "L")
-            arr = np.asarray(img)
-    except (UnidentifiedImageError, OSError) as e:
-        raise TranslateError(f"{path} cannot be read as an image ({e})") from e
-    return arr if arr.ndim == 3 else arr[..., None]
+        rgb = images.decode(epath.Path(path).read_bytes(), str(path))
+    except (images.UnreadableImage, OSError) as e:
+        raise TranslateError(str(e) if isinstance(e, images.UnreadableImage) else f"{path} cannot be read ({e})") from e
+    if channels == 3:
+        return rgb
+    return np.asarray(Image.fromarray(rgb).convert("L"))[..., None]
 
 
 def _output_names(files: Iterable[epath.Path]) -> list[str]:

@@ -28,7 +28,7 @@ def test_folder_reads_formats_and_converts_modes_to_rgb(tmp_path, caplog):
     (tmp_path / "trainA" / "broken.png").write_bytes(b"not an image")
     (tmp_path / "trainA" / "notes.txt").write_text("ignored")
     with caplog.at_level(logging.WARNING):
-        images = datasets.load_images(str(tmp_path), "trainA")
+        images = list(datasets.load_split(str(tmp_path), "trainA"))
     assert len(images) == 7
     assert all(i.shape == (10, 12, 3) and i.dtype == np.uint8 for i in images)
     assert images[4][0, 0].tolist() == [50, 50, 50]
@@ -39,16 +39,16 @@ def test_empty_domain_and_missing_folders_are_named(tmp_path):
     (tmp_path / "trainA").mkdir()
     (tmp_path / "trainA" / "x.png").write_bytes(b"junk")
     with pytest.raises(datasets.DatasetError, match="trainA holds no readable images"):
-        datasets.load_images(str(tmp_path), "trainA")
+        datasets.load_split(str(tmp_path), "trainA")
     with pytest.raises(datasets.DatasetError, match="trainB does not exist.*holds \\['trainA'\\]"):
-        datasets.load_images(str(tmp_path), "trainB")
+        datasets.load_split(str(tmp_path), "trainB")
     with pytest.raises(datasets.DatasetError, match="neither 'embedded', a TFDS name"):
-        datasets.load_images(str(tmp_path / "nowhere"), "trainA")
+        datasets.load_split(str(tmp_path / "nowhere"), "trainA")
 
 
 def test_unknown_tfds_name_lists_the_known_ones():
     with pytest.raises(datasets.DatasetError, match="horse2zebra"):
-        datasets.load_images("cycle_gan/cats2dogs", "trainA")
+        datasets.load_split("cycle_gan/cats2dogs", "trainA")
 
 
 def test_tfds_not_downloaded_says_what_to_do(tmp_path, monkeypatch):
@@ -59,16 +59,16 @@ def test_tfds_not_downloaded_says_what_to_do(tmp_path, monkeypatch):
 
     monkeypatch.setattr(tfds, "load", offline)
     with pytest.raises(datasets.DatasetError, match="tfds build cycle_gan/horse2zebra"):
-        datasets.load_images("cycle_gan/horse2zebra", "trainA")
+        datasets.load_split("cycle_gan/horse2zebra", "trainA")
 
 
 def test_tfds_path_reads_mocked_cycle_gan():
     with tfds.testing.mock_data(num_examples=5):
-        images = datasets.load_images("cycle_gan/horse2zebra", "trainB")
+        images = list(datasets.load_split("cycle_gan/horse2zebra", "trainB"))
     assert len(images) == 5
     assert all(i.ndim == 3 and i.shape[-1] == 3 and i.dtype == np.uint8 for i in images)
 
 
 def test_embedded_source_and_max_images():
-    assert len(datasets.load_images("embedded", "testA", max_images=7)) == 7
+    assert len(datasets.load_split("embedded", "testA", max_images=7)) == 7
     assert datasets.kind("embedded") == "embedded" and datasets.kind("cycle_gan/maps") == "tfds"

@@ -35,8 +35,8 @@ def test_processes_read_disjoint_rows_of_the_global_batch():
 
 def test_train_batches_are_deterministic_scaled_and_resumable():
     config = tiny_config(batch_size=2)
-    A = datasets.load_images("embedded", "trainA", 6)
-    B = datasets.load_images("embedded", "trainB", 6)
+    A = datasets.load_split("embedded", "trainA", 6)
+    B = datasets.load_split("embedded", "trainB", 6)
     it = input_pipeline.train_batches(A, B, config, 0)
     batches = [next(it) for _ in range(5)]
     assert batches[0]["A"].shape == (2, 32, 32, 3) and batches[0]["A"].dtype == np.float32

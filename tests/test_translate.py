@@ -81,5 +81,5 @@ def test_bad_inputs_are_named(tiny_bundle, tmp_path):
     bad = tmp_path / "bad.jpg"
     bad.write_text("not a jpeg")
     t = translation.ImageTranslator(tiny_bundle, "AtoB")
-    with pytest.raises(translation.TranslateError, match="bad.jpg cannot be read as an image"):
+    with pytest.raises(translation.TranslateError, match="bad.jpg cannot be decoded as an image \\(not in a format PIL can read\\)"):
         translation.translate_files(t, [bad], tmp_path / "out", strict=True, progress=False)

@@ -83,8 +83,10 @@ def _paper() -> ml_collections.ConfigDict:
 def _quick_start(c: ml_collections.ConfigDict) -> None:
     """The embedded dataset, small networks and images: minutes on a laptop CPU."""
     # 800 steps at the full rate, then 800 decaying to zero (n_epochs, n_epochs_decay).
-    c.update(dataset="embedded", netG="resnet_6blocks", ngf=16, ndf=16, load_size=64, crop_size=64,
-             preprocess="none", n_epochs=1, n_epochs_decay=1, sample_every=500, checkpoint_every=1000)
+    # preprocess 'auto': none on the embedded dataset (64x64 already); on a folder or TFDS
+    # dataset of photos of any sizes, resize_and_crop 72 -> 64 (the official 286 -> 256, scaled).
+    c.update(dataset="embedded", netG="resnet_6blocks", ngf=16, ndf=16, load_size=72, crop_size=64,
+             preprocess="auto", n_epochs=1, n_epochs_decay=1, sample_every=500, checkpoint_every=1000)
     # A 2-layer PatchGAN (34x34 receptive field) instead of the 3-layer "basic" one (70x70,
     # more than the whole 64x64 image): it judges local texture, and with it the B->A
     # generator learns to remove the stripes within the budget (experiments/embedded).
