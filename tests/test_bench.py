@@ -33,3 +33,23 @@ def test_bench_refuses_an_impossible_setting_in_one_line():
     out = _bench("--batch=0")
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert "error: config.batch_size=0 must be a positive integer" in out.stderr
+
+
+def test_bench_input_times_the_pipeline_alone(tmp_path):
+    from PIL import Image
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    for split in ("trainA", "trainB"):
+        (tmp_path / split).mkdir()
+        for i in range(4):
+            Image.fromarray(rng.integers(0, 255, (40, 60, 3), np.uint8)).save(tmp_path / split / f"{i}.jpg")
+    out = subprocess.run([sys.executable, "-m", "cyclejax.bench", "--input", f"--dataset={tmp_path}", "--size=32",
+                          "--batch=2", "--batches=5"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["images"] == [4, 4] and (result["size"], result["load_size"], result["batch"]) == (32, 36, 2)
+    assert result["input_img_per_s"] > 0 and result["cpus"] >= 1
+    missing = subprocess.run([sys.executable, "-m", "cyclejax.bench", "--input"], cwd=ROOT, capture_output=True,
+                             text=True, timeout=300)
+    assert missing.returncode == 2 and "error: --input needs --dataset" in missing.stderr
