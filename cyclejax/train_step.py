@@ -94,10 +94,17 @@ def discriminator_loss(d_params, run: NetworkApplier, real_A, real_B, fake_A, fa
     return loss_D_A + loss_D_B, dict(D_A=loss_D_A, D_B=loss_D_B)
 
 
-def make_train_step(model: CycleGAN) -> StepFn:
-    """The un-jitted step for `model`; `jit_train_step` compiles it."""
+def step_with_intermediates(model: CycleGAN) -> Callable[[TrainState, Batch], tuple[TrainState, dict, dict]]:
+    """The step for `model`, also returning what it computes on the way (for tests across topologies).
 
-    def train_step(state: TrainState, batch: Batch):
+    `(state, batch) -> (new state, metrics, intermediates)`, intermediates: the random keys
+    (`keys`: dropout, pool_A, pool_B, gp), the fakes (`fake_A`, `fake_B`), the images shown to
+    the discriminators (`pooled_A`, `pooled_B`), `g_grads`, `g_updates`, `d_grads`, `d_updates`,
+    the new `batch_stats` and the eight `losses`. `make_train_step` drops them, so the compiled
+    step computes and returns nothing more.
+    """
+
+    def step(state: TrainState, batch: Batch):
         real_A = batch["A"].astype(jnp.float32)
         real_B = batch["B"].astype(jnp.float32)
         key = jax.random.fold_in(state.rng, state.step)
@@ -139,6 +146,23 @@ def make_train_step(model: CycleGAN) -> StepFn:
         parts = {**g_parts, **d_parts}
         metrics = {name: parts[name] for name in METRICS}
         metrics["lr"] = jnp.asarray(model.schedule(state.step), jnp.float32)
+        intermediates = dict(
+            keys=dict(dropout=dropout_key, pool_A=pool_key_A, pool_B=pool_key_B, gp=gp_key),
+            fake_A=fake_A, fake_B=fake_B, pooled_A=pooled_A, pooled_B=pooled_B,
+            g_grads=g_grads, g_updates=g_updates, d_grads=d_grads, d_updates=d_updates,
+            batch_stats=stats, losses=parts,
+        )
+        return new_state, metrics, intermediates
+
+    return step
+
+
+def make_train_step(model: CycleGAN) -> StepFn:
+    """The un-jitted step for `model`; `jit_train_step` compiles it."""
+    step = step_with_intermediates(model)
+
+    def train_step(state: TrainState, batch: Batch):
+        new_state, metrics, _ = step(state, batch)
         return new_state, metrics
 
     return train_step

@@ -39,16 +39,13 @@ def _env(devices: int) -> dict:
     return dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", PYTHONUNBUFFERED="1")
 
 
-def _train(workdir, processes: int, steps: int) -> list[str]:
-    cmd = [sys.executable, "-m", "cyclejax.train", f"--workdir={workdir}", *TINY, f"--config.max_steps={steps}"]
-    if processes == 1:
-        out = subprocess.run(cmd, cwd=ROOT, env=_env(4), capture_output=True, text=True, timeout=600)
-        assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
-        return [out.stdout]
+def run_processes(cmd: list[str], processes: int, devices: int) -> list[str]:
+    """`cmd` as `processes` local processes of one JAX cluster on loopback, each with `devices` CPU
+    devices and its --coordinator_address, --num_processes and --process_id flags: their stdouts."""
     port = _free_port()
-    procs = [subprocess.Popen(cmd + [f"--coordinator_address=localhost:{port}", "--num_processes=2",
-                                     f"--process_id={i}"], cwd=ROOT, env=_env(2), stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for i in range(2)]
+    procs = [subprocess.Popen(cmd + [f"--coordinator_address=localhost:{port}", f"--num_processes={processes}",
+                                     f"--process_id={i}"], cwd=ROOT, env=_env(devices), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for i in range(processes)]
     outs = []
     try:
         for p in procs:
@@ -59,6 +56,15 @@ def _train(workdir, processes: int, steps: int) -> list[str]:
         for p in procs:
             p.kill()
     return outs
+
+
+def _train(workdir, processes: int, steps: int) -> list[str]:
+    cmd = [sys.executable, "-m", "cyclejax.train", f"--workdir={workdir}", *TINY, f"--config.max_steps={steps}"]
+    if processes == 1:
+        out = subprocess.run(cmd, cwd=ROOT, env=_env(4), capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+        return [out.stdout]
+    return run_processes(cmd, processes=2, devices=2)
 
 
 def _state(workdir):

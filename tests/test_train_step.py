@@ -1,4 +1,6 @@
 """One whole compiled train step of a tiny CycleGAN against the official PyTorch iteration."""
+import re
+
 import jax
 import numpy as np
 import pytest
@@ -9,6 +11,7 @@ from cyclejax import parallel, train_state, train_step
 from cyclejax.losses import METRICS
 from tests import conftest
 from tests import torch_reference as ref
+from tests.inert import ROUNDOFF_EPS, NamingApplier, instance_norm_roundoff
 
 SIZE = 32
 
@@ -24,10 +27,6 @@ def _batch(seed, n=2):
 
 
 EPS32 = float(np.finfo(np.float32).eps)
-# Each element of the gradient that reaches such a bias, (dL/dy - mean(dL/dy) - y * mean(dL/dy * y)) / sigma
-# with y normalised, carries a few roundings of terms each at most |dL/dy| / sigma times (1 + max |y|):
-# 8 eps of sum |dL/dy| / sigma covers that. Measured here (AMD EPYC, 2026-11-28): at most 0.92 eps.
-ROUNDOFF_EPS = 8
 
 
 def _watch_instance_norms(nets):
@@ -178,6 +177,31 @@ def test_gradients_and_updates_equal_the_official_iteration(one_step):
             np.testing.assert_allclose(our_weights[key][solid], weights[name][key][solid], atol=1e-6, err_msg=f"{name}.{key}")
             assert np.all(np.abs(our_weights[key] - ref.flax_to_torch(net, initial[name])[key]) <= config.lr * 1.001)
     assert inert == 2 * (3 + 2 * 6 + 2) + 2 * 3  # per G: 3 down, 2 per block, 2 up; per D: 3 (n_layers_D=3)
+
+
+def test_instance_norm_roundoff_measures_what_the_torch_hooks_measure(one_step):
+    """tests/inert.py's JAX form of `_watch_instance_norms`, on the same weights and batch: the same
+    round-off scale for every bias before instance norm, of the generators and the discriminators."""
+    config, initial, batch, _, _ = one_step
+    *_, theirs = _torch_iteration(config, initial, batch)
+    model = model_lib.build(config, steps_per_epoch=10)
+    key, stats = jax.random.PRNGKey(0), {k: {} for k in initial}
+    nets = lambda kind: {k: v for k, v in initial.items() if k.startswith(kind)}  # noqa: E731
+    fake_B, fake_A = (model_lib.apply_train_mode(getattr(model, g), initial[g], {}, batch[d]) for g, d in
+                      (("G_A", "A"), ("G_B", "B")))
+    g_scales = instance_norm_roundoff(
+        lambda a, b: train_step.generator_loss(nets("G"), nets("D"), NamingApplier(model, stats, key), a, b)[0],
+        ("G_A", "G_B"))
+    d_scales = instance_norm_roundoff(
+        lambda a, b: train_step.discriminator_loss(nets("D"), NamingApplier(model, stats, key), a, b, fake_A, fake_B,
+                                                   key)[0],
+        ("D_A", "D_B"))
+    ours = {**g_scales(batch["A"], batch["B"]), **d_scales(batch["A"], batch["B"])}
+    for name, scales in ours.items():
+        torch_keys = {re.sub(r"_(\d+)", r".\1", k).replace("/", "."): v for k, v in scales.items()}
+        assert set(torch_keys) == set(theirs[name]), name
+        for key_, scale in torch_keys.items():
+            np.testing.assert_allclose(scale, theirs[name][key_], rtol=1e-2, err_msg=f"{name}.{key_}")
 
 
 def test_step_counter_and_pools_advance(one_step):
