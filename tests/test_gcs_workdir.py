@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 
 from tests.gcs_emulator import gcs, gcs_server  # noqa: F401,F811  (fixtures)
+from tests.test_tfds_builder import loopback_server  # noqa: F401  (fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [f"--config={ROOT / 'cyclejax' / 'configs' / 'default.py'}:tiny", "--config.log_every=2",
@@ -152,3 +153,32 @@ def test_gs_folder_dataset_trains_and_translates(gcs, tmp_path):
                 text=True, timeout=300), gcs)
     assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == ["0.png", "1.png", "2.png"]
     assert Image.open(tmp_path / "out" / "2.png").size == (48, 56)
+
+
+@pytest.mark.slow
+def test_tfds_data_dir_on_gs(gcs, tmp_path, loopback_server):
+    """TFDS_DATA_DIR=gs://...: a cycle_gan dataset prepared by the real builder (tests/test_tfds_builder.py's
+    loopback zip), copied into the bucket, and trained from there through TFDS's own gfile reads."""
+    import hashlib
+
+    from tests.test_tfds_builder import NAME, PER_SPLIT, PREPARE, _write_zip
+
+    www, base_url, _ = loopback_server
+    _write_zip(www / f"{NAME}.zip")
+    data = (www / f"{NAME}.zip").read_bytes()
+    url = f"{base_url}/{NAME}.zip"
+    (tmp_path / "checksums").mkdir()
+    (tmp_path / "checksums" / "cycle_gan_loopback.txt").write_text(
+        f"{url}\t{len(data)}\t{hashlib.sha256(data).hexdigest()}\t{NAME}.zip\n")
+    local = tmp_path / "tfds"
+    prep = subprocess.run([sys.executable, "-c", PREPARE, NAME, url, str(local), str(tmp_path / "checksums")],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert prep.returncode == 0, prep.stderr[-3000:]
+    for f in (local / "cycle_gan").rglob("*"):
+        if f.is_file():
+            gcs.write(f"tfds/{f.relative_to(local).as_posix()}", f.read_bytes())
+    out = _ok(gcs.run([sys.executable, "-m", "cyclejax.train", f"--workdir={tmp_path / 'run'}",
+                       f"--config={ROOT / 'cyclejax' / 'configs' / 'default.py'}:tiny",
+                       f"--config.dataset=cycle_gan/{NAME}", "--config.max_steps=2"], cwd=tmp_path,
+                      env={"TFDS_DATA_DIR": gcs.url("tfds")}, capture_output=True, text=True, timeout=600), gcs)
+    assert f"data: {PER_SPLIT} A and {PER_SPLIT} B training images" in out and "step 2/2" in out
