@@ -15,6 +15,7 @@ import io
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+_ORIENTATION = 0x0112  # the EXIF tag
 # Orientations 5-8 rotate by 90 degrees: width and height swap.
 _TRANSPOSED = (5, 6, 7, 8)
 
@@ -29,6 +30,8 @@ def _to_rgb(im: Image.Image) -> np.ndarray:
         return np.repeat(np.clip(np.round(wide / 257.0), 0, 255).astype(np.uint8)[..., None], 3, axis=-1)
     if im.mode == "F":
         return np.repeat(np.clip(np.round(np.asarray(im)), 0, 255).astype(np.uint8)[..., None], 3, axis=-1)
+    if im.mode == "RGB":
+        return np.asarray(im)
     if im.mode == "P" and "transparency" in im.info:
         im = im.convert("RGBA")  # PIL warns when a palette with transparency goes straight to RGB
     return np.asarray(im.convert("RGB"), dtype=np.uint8)
@@ -45,7 +48,8 @@ def decode(data: bytes, name: str = "image") -> np.ndarray:
     try:
         with Image.open(io.BytesIO(data)) as im:
             im.load()
-            im = ImageOps.exif_transpose(im) or im
+            if im.getexif().get(_ORIENTATION, 1) != 1:
+                im = ImageOps.exif_transpose(im)
             return _to_rgb(im)
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         raise UnreadableImage(f"{name} cannot be decoded as an image ({_reason(e)})") from e
@@ -57,7 +61,7 @@ def size(data_or_file, name: str = "image") -> tuple[int, int]:
     try:
         with Image.open(src) as im:
             w, h = im.size
-            orientation = im.getexif().get(0x0112, 1)
+            orientation = im.getexif().get(_ORIENTATION, 1)
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         raise UnreadableImage(f"{name} is not an image ({_reason(e)})") from e
     return (w, h) if orientation in _TRANSPOSED else (h, w)
