@@ -53,16 +53,25 @@ def test_train_batches_are_deterministic_scaled_and_resumable():
     ("resize_and_crop", 286, 256, (300, 400), True, (256, 256)),
     ("resize_and_crop", 286, 256, (300, 400), False, (256, 256)),
     ("crop", 286, 64, (100, 120), True, (64, 64)),
+    ("crop", 286, 64, (40, 50), True, (64, 64)),  # smaller than the crop: scaled up first
+    ("auto", 72, 64, (40, 90), True, (64, 64)),  # a folder dataset: resize_and_crop
     ("scale_width", 80, 64, (50, 100), True, (64, 64)),  # width to crop_size, height kept >= crop_size
     ("scale_width_and_crop", 80, 64, (60, 100), True, (64, 64)),
     ("none", 286, 256, (37, 50), True, (36, 52)),
     ("none", 286, 256, (64, 64), True, (64, 64)),
 ])
 def test_preprocess_modes_give_official_shapes(mode, load, crop, shape_in, train, shape_out):
-    config = tiny_config(preprocess=mode, load_size=load, crop_size=crop)
+    config = tiny_config(preprocess=mode, load_size=load, crop_size=crop, dataset="/some/folder")
     img = tf.constant(np.random.default_rng(0).integers(0, 256, (*shape_in, 3)), tf.uint8)
     out = input_pipeline.preprocess(img, tf.constant([1, 2], tf.int64), config, train).numpy()
     assert out.shape[:2] == shape_out
+
+
+def test_auto_is_none_on_the_embedded_dataset():
+    config = tiny_config(preprocess="auto", load_size=72, crop_size=64, dataset="embedded")
+    assert input_pipeline.preprocess_mode(config) == "none"
+    img = tf.constant(np.zeros((64, 64, 3), np.uint8))
+    assert input_pipeline.preprocess(img, tf.constant([1, 2], tf.int64), config, True).shape == (64, 64, 3)
 
 
 def test_none_keeps_multiple_of_four_images_exactly():
