@@ -12,7 +12,9 @@ from __future__ import annotations
 import gc
 import inspect
 import json
+import logging as std_logging
 import sys
+import threading
 import time
 
 import jax
@@ -69,6 +71,7 @@ def restore_latest(mngr: ocp.CheckpointManager, like: TrainState, config: ml_col
     """The latest readable checkpoint restored into the shapes and shardings of `like`, or None
     when there is none; unreadable ones after it are set aside (see the module docstring)."""
     steps = sorted(mngr.all_steps(), reverse=True)
+    _silence_abandoned_reads()
     damaged = []
     abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, like)
     for step in steps:
@@ -82,7 +85,7 @@ def restore_latest(mngr: ocp.CheckpointManager, like: TrainState, config: ml_col
             restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
         except Exception as e:  # noqa: BLE001 - TensorStore reports truncated or missing data variously
             damaged.append((step, _short(e)))
-            _silence_abandoned_reads()
+            gc.collect()  # the abandoned reads, quietly
             continue
         if damaged:
             _set_aside(mngr, damaged, step)
@@ -97,11 +100,12 @@ def restore_latest(mngr: ocp.CheckpointManager, like: TrainState, config: ml_col
 def _silence_abandoned_reads() -> None:
     """Orbax reads a checkpoint's arrays concurrently; when one read fails, it closes its event
     loop and abandons the others, whose ends Python would print with tracebacks ('Exception
-    ignored in <coroutine>', 'RuntimeError: Event loop is closed') for a while after. The
-    failure itself is already reported, in one line: drop just those two kinds from now on."""
+    ignored in <coroutine>', 'RuntimeError: Event loop is closed', asyncio's 'Task exception was
+    never retrieved'), some while the restore is still failing. A failure is reported in one
+    line by the caller: from the first restore on, drop just those reports (nothing else)."""
     if getattr(sys.unraisablehook, "cyclejax_filter", False):
         return
-    unraisable, excepthook = sys.unraisablehook, sys.excepthook
+    unraisable, excepthook, thread_hook = sys.unraisablehook, sys.excepthook, threading.excepthook
 
     def abandoned(exc) -> bool:
         return isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"
@@ -114,9 +118,17 @@ def _silence_abandoned_reads() -> None:
         if not abandoned(value):
             excepthook(kind, value, tb)
 
+    def filter_thread_hook(args):
+        if not abandoned(args.exc_value):
+            thread_hook(args)
+
+    def abandoned_task(record) -> bool:  # asyncio's "Task exception was never retrieved"
+        exc = record.exc_info[1] if record.exc_info else None
+        return not (exc is not None and "while reading array" in str(exc) and "never retrieved" in str(record.msg))
+
     filter_unraisable.cyclejax_filter = True
-    sys.unraisablehook, sys.excepthook = filter_unraisable, filter_excepthook
-    gc.collect()
+    sys.unraisablehook, sys.excepthook, threading.excepthook = filter_unraisable, filter_excepthook, filter_thread_hook
+    std_logging.getLogger("asyncio").addFilter(abandoned_task)
 
 
 def _short(error: Exception) -> str:
@@ -164,11 +176,11 @@ def restore_generators(workdir: storage.PathLike, step: int | None = None) -> tu
         step = max(steps) if step is None else step
         if step not in steps:
             raise FileNotFoundError(f"{ckpt_dir} has no checkpoint of step {step}; it has {sorted(steps)}")
+        _silence_abandoned_reads()
         try:
             restored = mngr.restore(step, args=ocp.args.Composite(state=restore_anywhere(),
                                                                    config=ocp.args.JsonRestore()))
         except Exception as e:  # noqa: BLE001 - truncated or missing files, as in restore_latest
-            _silence_abandoned_reads()
             raise CheckpointsUnreadable(f"the checkpoint {ckpt_dir / str(step)} cannot be read ({_short(e)}); "
                                         f"choose another step (it has {sorted(steps)})") from e
     finally:

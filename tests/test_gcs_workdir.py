@@ -36,9 +36,9 @@ def _ok(out: subprocess.CompletedProcess, gcs) -> str:
 
 def _committed_steps(gcs, prefix: str) -> list[int]:
     """Checkpoint steps in the bucket that Orbax finished (on GCS it marks them with commit_success.txt)."""
-    names = gcs.list(prefix)
-    return sorted({int(n[len(prefix):].split("/")[0]) for n in names
-                   if n.endswith("/commit_success.txt") and n[len(prefix):].split("/")[0].isdigit()})
+    parts = [n[len(prefix):].split("/") for n in gcs.list(prefix)]
+    # <step>/commit_success.txt: the step's own mark (its items, e.g. state/, have their own first)
+    return sorted(int(p[0]) for p in parts if len(p) == 2 and p[0].isdigit() and p[1] == "commit_success.txt")
 
 
 COMPARE = """
