@@ -4,11 +4,17 @@ Prints what it measures as it goes and, last, one JSON line (`cyclejax.benchmark
 `s_per_step`, `compile_s`, `img_per_s`, `gflops_per_s`, `peak_rss_mb`, and with
 `--breakdown` the median seconds of the step's parts.
 
+`--compare=torch` also times the official PyTorch iteration (`cyclejax.torch_reference`) at the
+same sizes, batch and thread count, in a fresh process, and adds `torch_s_per_step`,
+`torch_peak_rss_mb` and `ratio` (torch seconds / cyclejax seconds; above 1 cyclejax is
+faster); with `--dtype=bfloat16` torch runs under torch.autocast(bfloat16).
+
 `--input --dataset=FOLDER` times the input pipeline alone instead: images/s of training
 batches (read, decoded, resize_and_crop from size * 286 / 256 to --size, flipped).
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 
 from absl import flags
@@ -29,6 +35,8 @@ _BREAKDOWN = flags.DEFINE_bool("breakdown", False, "also time the parts of a ste
 _INPUT = flags.DEFINE_bool("input", False, "time the input pipeline alone (with --dataset), not the step")
 _DATASET = flags.DEFINE_string("dataset", None, "with --input: a folder with trainA/ trainB/, a TFDS name, or embedded")
 _BATCHES = flags.DEFINE_integer("batches", 100, "with --input: timed batches")
+_COMPARE = flags.DEFINE_enum("compare", None, ["torch"], "also time the official PyTorch iteration (needs torch) "
+                             "at the same sizes and thread count, and report ratio = torch s / cyclejax s")
 
 
 def main(argv):
@@ -43,6 +51,12 @@ def main(argv):
     sizes = dict(netG=_NETG.value, netD=_NETD.value, size=_SIZE.value, batch=_BATCH.value, dtype=_DTYPE.value,
                  ngf=_NGF.value, ndf=_NDF.value, steps=_STEPS.value)
     result = benchmark.benchmark(warmup=_WARMUP.value, **sizes)
+    if _COMPARE.value == "torch":
+        if importlib.util.find_spec("torch") is None:
+            cli.fail('--compare=torch needs torch: pip install -e ".[torch]"')
+        result = benchmark.compare_with_torch(result, warmup=_WARMUP.value, **sizes)
+        print(f"torch {result['torch_s_per_step']:.3f} s/step, cyclejax {result['s_per_step']:.3f} s/step: "
+              f"ratio {result['ratio']:.2f} (> 1: cyclejax faster)", flush=True)
     if _BREAKDOWN.value:
         result["breakdown"] = benchmark.breakdown(**sizes)
         for k, v in result["breakdown"].items():

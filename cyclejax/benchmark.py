@@ -6,10 +6,13 @@
 """
 from __future__ import annotations
 
+import json
 import os
 import platform
 import resource
 import statistics
+import subprocess
+import sys
 import time
 
 import jax
@@ -29,6 +32,15 @@ def _config(netG: str, netD: str, ngf: int, ndf: int, dtype: str, batch: int):
     config.update(netG=netG, netD=netD, ngf=ngf, ndf=ndf, dtype=dtype, batch_size=batch)
     config_check.validate(config, jax.device_count())
     return config
+
+
+def cpu_model() -> str:
+    """The CPU's model name (what `lscpu` shows), for the record beside every number."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "unknown")
+    except OSError:
+        return platform.processor() or "unknown"
 
 
 def compiled_flops(compiled) -> float:
@@ -68,7 +80,7 @@ def benchmark(netG: str, netD: str, size: int, batch: int, dtype: str, ngf: int,
     s_per_step = statistics.median(times)
     return {
         "netG": netG, "netD": netD, "size": size, "batch": batch, "dtype": dtype, "ngf": ngf, "ndf": ndf,
-        "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}", "host": platform.node(),
+        "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}", "host": platform.node(), "cpu": cpu_model(),
         "s_per_step": s_per_step, "compile_s": compile_s, "img_per_s": batch / s_per_step,
         "tflop_per_step": flops / 1e12, "gflops_per_s": flops / s_per_step / 1e9,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -136,3 +148,16 @@ def input_rate(dataset: str, size: int, batch: int, batches: int, warmup: int = 
             "images": [len(split_A), len(split_B)], "list_s": round(list_s, 2),
             "cpus": len(os.sched_getaffinity(0)),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+
+
+def compare_with_torch(result: dict, **sizes) -> dict:
+    """`result` (from `benchmark`) with the PyTorch reference timed in a fresh process (so each
+    side's peak RSS is its own) and `ratio` = torch s/step ÷ cyclejax s/step (> 1: cyclejax faster)."""
+    code = ("import json, sys; from cyclejax import torch_reference as t; "
+            "print(json.dumps(t.time_iterations(**json.loads(sys.argv[1]))))")
+    # A fresh interpreter that imports torch and nothing of jax's, so its peak RSS is torch's own.
+    out = subprocess.run([sys.executable, "-c", code, json.dumps(sizes)], capture_output=True, text=True, check=False)
+    if out.returncode:
+        raise RuntimeError(f"the PyTorch reference failed:\n{out.stderr[-3000:]}")
+    ref = json.loads(out.stdout.strip().splitlines()[-1])
+    return {**result, **ref, "ratio": ref["torch_s_per_step"] / result["s_per_step"]}

@@ -53,3 +53,16 @@ def test_bench_input_times_the_pipeline_alone(tmp_path):
     missing = subprocess.run([sys.executable, "-m", "cyclejax.bench", "--input"], cwd=ROOT, capture_output=True,
                              text=True, timeout=300)
     assert missing.returncode == 2 and "error: --input needs --dataset" in missing.stderr
+
+
+@pytest.mark.slow
+def test_bench_compares_with_the_official_pytorch_iteration():
+    out = _bench("--steps=2", "--compare=torch")
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["ratio"] == pytest.approx(result["torch_s_per_step"] / result["s_per_step"])
+    assert len(result["torch_step_times"]) == 2 and result["torch_threads"] >= 1
+    assert result["torch_version"].startswith("2.") and result["cpu"]
+    # Its own process: torch's peak memory is not jax's (a few hundred MB at this size).
+    assert 50 < result["torch_peak_rss_mb"] < result["peak_rss_mb"]
+    assert "ratio" in out.stdout.splitlines()[-2]

@@ -66,51 +66,26 @@ def _torch_iteration(config, params, batch):
     """The official optimize_parameters() on the same weights: losses, gradients, new weights, and
     the round-off scale of the biases before instance norm (`_watch_instance_norms`)."""
     torch.manual_seed(0)
-    nets = {
-        "G_A": ref.ResnetGenerator(ngf=config.ngf, n_blocks=6),
-        "G_B": ref.ResnetGenerator(ngf=config.ngf, n_blocks=6),
-        "D_A": ref.NLayerDiscriminator(ndf=config.ndf, n_layers=config.n_layers_D),
-        "D_B": ref.NLayerDiscriminator(ndf=config.ndf, n_layers=config.n_layers_D),
-    }
+    nets = ref.networks(config.netG, config.netD, config.ngf, config.ndf, config.n_layers_D)
     for k, net in nets.items():
         ref.load_flax(net, params[k])
     roundoff = _watch_instance_norms(nets)
-    G = list(nets["G_A"].parameters()) + list(nets["G_B"].parameters())
-    D = list(nets["D_A"].parameters()) + list(nets["D_B"].parameters())
-    opt_G = torch.optim.Adam(G, lr=config.lr, betas=(config.beta1, 0.999))
-    opt_D = torch.optim.Adam(D, lr=config.lr, betas=(config.beta1, 0.999))
-    mse, l1 = torch.nn.MSELoss(), torch.nn.L1Loss()
-    real_A, real_B = ref.nchw(batch["A"]), ref.nchw(batch["B"])
-    lA, lB, li = config.lambda_A, config.lambda_B, config.lambda_identity
-
-    fake_B = nets["G_A"](real_A)
-    rec_A = nets["G_B"](fake_B)
-    fake_A = nets["G_B"](real_B)
-    rec_B = nets["G_A"](fake_A)
-    for p in D:
-        p.requires_grad_(False)
-    opt_G.zero_grad()
-    loss = {}
-    loss["idt_A"] = l1(nets["G_A"](real_B), real_B) * lB * li
-    loss["idt_B"] = l1(nets["G_B"](real_A), real_A) * lA * li
-    pred = nets["D_A"](fake_B)
-    loss["G_A"] = mse(pred, torch.ones_like(pred))
-    pred = nets["D_B"](fake_A)
-    loss["G_B"] = mse(pred, torch.ones_like(pred))
-    loss["cycle_A"] = l1(rec_A, real_A) * lA
-    loss["cycle_B"] = l1(rec_B, real_B) * lB
-    sum(loss.values()).backward()
-    opt_G.step()
+    it = ref.OfficialIteration(nets, lr=config.lr, beta1=config.beta1, lambda_A=config.lambda_A,
+                               lambda_B=config.lambda_B, lambda_identity=config.lambda_identity)
+    it.set_input(ref.nchw(batch["A"]), ref.nchw(batch["B"]))
+    # optimize_parameters(), step by step, to reset the round-off watch between G and D.
+    it.forward()
+    it.set_requires_grad(it.D, False)
+    it.opt_G.zero_grad()
+    it.backward_G()
+    it.opt_G.step()
     for name in ("D_A", "D_B"):
         roundoff[name].clear()  # the gradient that reached D while updating G is not D's
-    for p in D:
-        p.requires_grad_(True)
-    opt_D.zero_grad()
-    for name, real, fake in (("D_A", real_B, fake_B), ("D_B", real_A, fake_A)):
-        p_real, p_fake = nets[name](real), nets[name](fake.detach())
-        loss[name] = 0.5 * (mse(p_real, torch.ones_like(p_real)) + mse(p_fake, torch.zeros_like(p_fake)))
-        loss[name].backward()
-    opt_D.step()
+    it.set_requires_grad(it.D, True)
+    it.opt_D.zero_grad()
+    it.backward_D()
+    it.opt_D.step()
+    loss = it.loss
     grads = {k: {n: p.grad.numpy().copy() for n, p in net.named_parameters()} for k, net in nets.items()}
     weights = {k: {n: p.detach().numpy().copy() for n, p in net.named_parameters()} for k, net in nets.items()}
     return {k: float(v.detach()) for k, v in loss.items()}, grads, weights, nets, roundoff
