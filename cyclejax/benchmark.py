@@ -84,8 +84,15 @@ def benchmark(netG: str, netD: str, size: int, batch: int, dtype: str, ngf: int,
         "s_per_step": s_per_step, "compile_s": compile_s, "img_per_s": batch / s_per_step,
         "tflop_per_step": flops / 1e12, "gflops_per_s": flops / s_per_step / 1e9,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_device_memory_mb": peak_device_memory_mb(),
         "step_times": times,
     }
+
+
+def peak_device_memory_mb() -> float | None:
+    """The first device's peak memory in use (GPU and TPU report it; None on CPU)."""
+    stats = jax.local_devices()[0].memory_stats()
+    return stats["peak_bytes_in_use"] / 2**20 if stats and "peak_bytes_in_use" in stats else None
 
 
 def _time(fn, *args, steps: int) -> float:

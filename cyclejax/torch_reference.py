@@ -230,22 +230,27 @@ def time_iterations(netG: str, netD: str, size: int, batch: int, dtype: str, ngf
 
     threads = len(os.sched_getaffinity(0))
     torch.set_num_threads(threads)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(0)
-    nets = {k: init_official(v) for k, v in networks(netG, netD, ngf, ndf).items()}
+    nets = {k: init_official(v).to(device) for k, v in networks(netG, netD, ngf, ndf).items()}
     it = OfficialIteration(nets, autocast=torch.bfloat16 if dtype == "bfloat16" else None)
     g = torch.Generator().manual_seed(0)
-    it.set_input(torch.rand(batch, 3, size, size, generator=g) * 2 - 1,
-                 torch.rand(batch, 3, size, size, generator=g) * 2 - 1)
+    it.set_input((torch.rand(batch, 3, size, size, generator=g) * 2 - 1).to(device),
+                 (torch.rand(batch, 3, size, size, generator=g) * 2 - 1).to(device))
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     for _ in range(warmup):
         it.optimize_parameters()
     times = []
     for _ in range(steps):
+        sync()
         t0 = time.perf_counter()
-        it.optimize_parameters()
+        it.optimize_parameters()  # its float() of each loss also waits for the device
+        sync()
         times.append(time.perf_counter() - t0)
     return {"torch_s_per_step": statistics.median(times), "torch_step_times": times, "torch_threads": threads,
-            "torch_version": torch.__version__,
-            "torch_peak_rss_mb": _peak_rss_mb()}
+            "torch_device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+            "torch_version": torch.__version__, "torch_peak_rss_mb": _peak_rss_mb(),
+            "torch_peak_device_memory_mb": torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None}
 
 
 def _peak_rss_mb() -> float:
