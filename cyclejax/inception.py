@@ -6,11 +6,8 @@ counting padding, FIDInceptionE_2 max-pools). Submodules carry the names of the 
 file's keys: `Mixed_6b.branch7x7_2.conv.weight` is params['Mixed_6b']['branch7x7_2']['conv'].
 
 Weights: pytorch-fid's `pt_inception-2015-12-05-6726825d.pth` (the TF 2015-12-05 graph
-ported to PyTorch), downloaded once by a user with internet:
-
-    wget https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth
-
-and read by `torch_weights.load_pth`, or from an .npz of the same keys (`save_npz`).
+ported to PyTorch; `pretrained.inception_file` downloads it once, sha256-checked), read by
+`torch_weights.load_pth`, or from an .npz of the same keys (`save_npz`).
 Inputs are images in [0, 1] at 299x299, scaled to [-1, 1] inside as pytorch-fid does.
 """
 from __future__ import annotations
@@ -24,12 +21,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cyclejax import torch_weights
+from cyclejax import pretrained, torch_weights
 from cyclejax.errors import UserError
 from cyclejax.layers import BatchNorm, Conv
 
-WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
-WEIGHTS_URL = f"https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/{WEIGHTS_FILE}"
 SIZE = 299
 FEATURES = 2048
 
@@ -177,8 +172,9 @@ def load_weights(path: str | Path) -> dict:
     """Variables of `FIDInception` from pytorch-fid's weight file (.pth) or an .npz of it."""
     path = Path(path)
     if not path.is_file():
-        raise MissingWeights(f"the Inception weights {path} do not exist; download them once with "
-                             f"`wget {WEIGHTS_URL}` and pass --inception_weights=<that file>")
+        raise MissingWeights(f"the Inception weights {path} do not exist; leave out --inception_weights to "
+                             f"download them once (cached, sha256-checked), or pass a copy of "
+                             f"{pretrained.OFFICIAL_INCEPTION_URL}")
     if path.suffix == ".npz":
         with np.load(path) as f:
             sd = dict(f)

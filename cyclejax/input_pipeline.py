@@ -96,6 +96,9 @@ def preprocess(img: tf.Tensor, seed: tf.Tensor, config, train: bool) -> tf.Tenso
     return img / 127.5 - 1.0
 
 
+UNREADABLE = "cyclejax-unreadable: "  # marks our reader's error in tf.data's message
+
+
 def _decode(data: tf.Tensor, name: tf.Tensor) -> tf.Tensor:
     """The one reader (`cyclejax.images`) inside tf.data: encoded bytes -> uint8 (H, W, 3)."""
     def read(d, n):
@@ -143,9 +146,6 @@ def train_batches(split_A: datasets.Split, split_B: datasets.Split, config, star
     ds = ds.map(prep, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.batch(local, drop_remainder=True).prefetch(config.prefetch)
     return _named_errors(ds.as_numpy_iterator())
-
-
-UNREADABLE = "cyclejax-unreadable: "
 
 
 def _named_errors(batches: Iterator) -> Iterator:

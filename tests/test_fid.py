@@ -5,7 +5,7 @@ import scipy.linalg
 import torch
 from PIL import Image
 
-from cyclejax import fid, inception, torch_weights
+from cyclejax import fid, inception, pretrained, torch_weights
 from tests.torch_inception import FIDInceptionTorch
 
 
@@ -120,7 +120,7 @@ def _leaves(tree):
 
 @pytest.mark.slow
 def test_fid_network_features_match_pytorch(torch_net, tmp_path):
-    path = tmp_path / inception.WEIGHTS_FILE
+    path = tmp_path / pretrained.INCEPTION_FILE
     torch.save(torch_net.state_dict(), path)
     variables = inception.load_weights(path)
     x = np.random.default_rng(5).uniform(0, 1, (2, 299, 299, 3)).astype(np.float32)
@@ -135,5 +135,5 @@ def test_fid_network_features_match_pytorch(torch_net, tmp_path):
 
 
 def test_missing_weights_say_how_to_download(tmp_path):
-    with pytest.raises(inception.MissingWeights, match="wget https://github.com/mseitzer"):
+    with pytest.raises(inception.MissingWeights, match="leave out --inception_weights to download them once.*https://github.com/mseitzer"):
         inception.load_weights(tmp_path / "nope.pth")
