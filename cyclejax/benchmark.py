@@ -142,13 +142,13 @@ def input_rate(dataset: str, size: int, batch: int, batches: int, warmup: int = 
     t0 = time.perf_counter()
     split_A, split_B = (datasets.load_split(dataset, s) for s in ("trainA", "trainB"))
     list_s = time.perf_counter() - t0
-    it = input_pipeline.train_batches(split_A, split_B, config, 0)
-    for _ in range(warmup):
-        next(it)
-    t0 = time.perf_counter()
-    for _ in range(batches):
-        b = next(it)
-    elapsed = time.perf_counter() - t0
+    with input_pipeline.train_batches(split_A, split_B, config, 0) as it:
+        for _ in range(warmup):
+            next(it)
+        t0 = time.perf_counter()
+        for _ in range(batches):
+            b = next(it)
+        elapsed = time.perf_counter() - t0
     assert b["A"].shape == (batch, size, size, 3)
     return {"input_img_per_s": round(2 * batches * batch / elapsed, 1),  # A and B images both count
             "batches": batches, "batch": batch, "size": size, "load_size": config.load_size,

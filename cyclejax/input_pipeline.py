@@ -112,7 +112,7 @@ def _decode(data: tf.Tensor, name: tf.Tensor) -> tf.Tensor:
 
 
 def train_batches(split_A: datasets.Split, split_B: datasets.Split, config, start_step: int,
-                  process_index: int = 0, process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
+                  process_index: int = 0, process_count: int = 1) -> Batches:
     """This process's part of each global batch, from `start_step` on: {'A', 'B', 'step'}.
 
     Only indices and file names (or encoded bytes) pass through Python; files are read and
@@ -145,22 +145,49 @@ def train_batches(split_A: datasets.Split, split_B: datasets.Split, config, star
 
     ds = ds.map(prep, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.batch(local, drop_remainder=True).prefetch(config.prefetch)
-    return _named_errors(ds.as_numpy_iterator())
+    return Batches(ds)
 
 
-def _named_errors(batches: Iterator) -> Iterator:
-    """tf.data's error for a file that cannot be decoded, as a DatasetError naming the file."""
-    while True:
+class Batches:
+    """The training batches: an iterator that `close()` stops for good.
+
+    tf.data runs `numpy_function` and `from_generator` code in its own threads, which need
+    the GIL. Destroying the iterator joins them, and a Python that is already finalizing
+    can no longer hand them the GIL: an iterator left alive until exit (for instance held by
+    an exception's traceback) can hang the process after its last line. So the iterator is
+    dropped explicitly (`close`, also on errors) and a decode error is re-raised as a
+    `DatasetError` naming the file, with no reference back to tf.data's frames.
+    """
+
+    def __init__(self, dataset: tf.data.Dataset):
+        self._it = dataset.as_numpy_iterator()
+
+    def __iter__(self) -> "Batches":
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        if self._it is None:
+            raise StopIteration
+        message = None
         try:
-            yield next(batches)
-        except StopIteration:
-            return
+            return next(self._it)
         except tf.errors.OpError as e:
             if UNREADABLE not in e.message:
                 raise
             message = e.message.split(UNREADABLE, 1)[1].splitlines()[0]
-            raise datasets.DatasetError(f"{message}; remove or replace the file and run the same command "
-                                        f"again (it resumes from the last checkpoint)") from None
+        self.close()  # outside the except block: the error keeps no frame that holds the iterator
+        raise datasets.DatasetError(f"{message}; remove or replace the file and run the same command "
+                                    f"again (it resumes from the last checkpoint)")
+
+    def close(self) -> None:
+        """Stops tf.data's workers now (the GIL released while they finish)."""
+        self._it = None
+
+    def __enter__(self) -> "Batches":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def eval_images(images: list[np.ndarray], config) -> np.ndarray:

@@ -107,6 +107,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: storage.PathL
                 _save(mngr, state, config, record)
         mngr.wait_until_finished()
     finally:
+        batches.close()  # tf.data's threads stopped before anything else (see input_pipeline.Batches)
         stop.close()
         progress.close()
         mngr.close()

@@ -126,3 +126,41 @@ def test_a_file_that_breaks_mid_training_is_named(tmp_path):
     error = [line for line in out.stderr.splitlines() if line.startswith("error: ")]
     assert len(error) == 1 and f"{data / 'trainA' / '1.jpg'} cannot be decoded" in error[0], out.stderr[-3000:]
     assert "Traceback" not in out.stderr
+
+
+def test_a_decode_error_leaves_no_tf_data_iterator_alive(tmp_path):
+    """The error that names a bad file keeps nothing of tf.data alive: an iterator still alive
+    at interpreter exit can hang the process (its worker threads call Python), as it once did
+    in CI after the error line of the test above."""
+    import gc
+    import weakref
+
+    from cyclejax import datasets, input_pipeline
+    from tests.conftest import tiny_config
+
+    for split in ("trainA", "trainB"):
+        (tmp_path / split).mkdir()
+        for i in range(3):
+            _photo(64, 64, i).save(tmp_path / split / f"{i}.jpg")
+    whole = (tmp_path / "trainA" / "1.jpg").read_bytes()
+    (tmp_path / "trainA" / "1.jpg").write_bytes(whole[: len(whole) * 2 // 3])
+    config = tiny_config(batch_size=1, dataset=str(tmp_path), preprocess="resize_and_crop", load_size=36)
+    A, B = (datasets.load_split(str(tmp_path), s) for s in ("trainA", "trainB"))
+    gc.disable()  # reference counting alone must free it, as during interpreter finalization
+    try:
+        batches = input_pipeline.train_batches(A, B, config, 0)
+        iterator = weakref.ref(batches._it._iterator)
+        with pytest.raises(datasets.DatasetError, match=r"1\.jpg cannot be decoded") as raised:
+            for _ in range(6):
+                next(batches)
+        assert iterator() is None, "the DatasetError keeps tf.data's iterator alive"
+        assert "1.jpg" in str(raised.value)
+        healthy = input_pipeline.train_batches(B, B, config, 0)
+        next(healthy)
+        iterator = weakref.ref(healthy._it._iterator)
+        healthy.close()
+        assert iterator() is None
+        with pytest.raises(StopIteration):
+            next(healthy)
+    finally:
+        gc.enable()
