@@ -19,7 +19,7 @@ import json
 
 from absl import flags
 
-from cyclejax import benchmark, cli
+from cyclejax import benchmark, cli, convolution
 from cyclejax import model as model_lib
 
 _NETG = flags.DEFINE_string("netG", "resnet_9blocks", "generator architecture")
@@ -27,6 +27,8 @@ _NETD = flags.DEFINE_string("netD", "basic", "discriminator architecture")
 _SIZE = flags.DEFINE_integer("size", 256, "image height and width")
 _BATCH = flags.DEFINE_integer("batch", 1, "global batch size")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", list(model_lib.DTYPES), "compute dtype of the networks")
+_CONV_IMPL = flags.DEFINE_enum("conv_impl", "auto", list(convolution.IMPLS),
+                               "how convolutions are computed (auto: matmul on CPU, xla on GPU/TPU)")
 _NGF = flags.DEFINE_integer("ngf", 64, "generator width")
 _NDF = flags.DEFINE_integer("ndf", 64, "discriminator width")
 _STEPS = flags.DEFINE_integer("steps", 5, "timed steps")
@@ -50,7 +52,7 @@ def main(argv):
         return
     sizes = dict(netG=_NETG.value, netD=_NETD.value, size=_SIZE.value, batch=_BATCH.value, dtype=_DTYPE.value,
                  ngf=_NGF.value, ndf=_NDF.value, steps=_STEPS.value)
-    result = benchmark.benchmark(warmup=_WARMUP.value, **sizes)
+    result = benchmark.benchmark(warmup=_WARMUP.value, conv_impl=_CONV_IMPL.value, **sizes)
     if _COMPARE.value == "torch":
         if importlib.util.find_spec("torch") is None:
             cli.fail('--compare=torch needs torch: pip install -e ".[torch]"')
@@ -58,7 +60,7 @@ def main(argv):
         print(f"torch {result['torch_s_per_step']:.3f} s/step, cyclejax {result['s_per_step']:.3f} s/step: "
               f"ratio {result['ratio']:.2f} (> 1: cyclejax faster)", flush=True)
     if _BREAKDOWN.value:
-        result["breakdown"] = benchmark.breakdown(**sizes)
+        result["breakdown"] = benchmark.breakdown(conv_impl=_CONV_IMPL.value, **sizes)
         for k, v in result["breakdown"].items():
             print(f"{k}: {v:.3f}", flush=True)
     print(json.dumps(result))

@@ -19,17 +19,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cyclejax import config_check, parallel, train_state, train_step
+from cyclejax import config_check, convolution, parallel, train_state, train_step
 from cyclejax import model as model_lib
 from cyclejax.configs import default
 from cyclejax.layers import conv_transpose
 from cyclejax.train_step import NetworkApplier, discriminator_loss, generator_loss
 
 
-def _config(netG: str, netD: str, ngf: int, ndf: int, dtype: str, batch: int):
+def _config(netG: str, netD: str, ngf: int, ndf: int, dtype: str, batch: int, conv_impl: str = "auto"):
     """The official defaults with the benchmark's sizes; refused like a training config if impossible."""
     config = default.get_config("paper")
-    config.update(netG=netG, netD=netD, ngf=ngf, ndf=ndf, dtype=dtype, batch_size=batch)
+    config.update(netG=netG, netD=netD, ngf=ngf, ndf=ndf, dtype=dtype, batch_size=batch, conv_impl=conv_impl)
     config_check.validate(config, jax.device_count())
     return config
 
@@ -51,8 +51,8 @@ def compiled_flops(compiled) -> float:
 
 
 def benchmark(netG: str, netD: str, size: int, batch: int, dtype: str, ngf: int, ndf: int,
-              steps: int, warmup: int) -> dict:
-    config = _config(netG, netD, ngf, ndf, dtype, batch)
+              steps: int, warmup: int, conv_impl: str = "auto") -> dict:
+    config = _config(netG, netD, ngf, ndf, dtype, batch, conv_impl)
     model = model_lib.build(config, steps_per_epoch=1000)
     mesh = parallel.make_mesh()
     shape = (size, size, 3)
@@ -80,6 +80,7 @@ def benchmark(netG: str, netD: str, size: int, batch: int, dtype: str, ngf: int,
     s_per_step = statistics.median(times)
     return {
         "netG": netG, "netD": netD, "size": size, "batch": batch, "dtype": dtype, "ngf": ngf, "ndf": ndf,
+        "conv_impl": convolution.resolve(conv_impl),
         "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}", "host": platform.node(), "cpu": cpu_model(),
         "s_per_step": s_per_step, "compile_s": compile_s, "img_per_s": batch / s_per_step,
         "tflop_per_step": flops / 1e12, "gflops_per_s": flops / s_per_step / 1e9,
@@ -105,9 +106,10 @@ def _time(fn, *args, steps: int) -> float:
     return statistics.median(times)
 
 
-def breakdown(netG: str, netD: str, size: int, batch: int, dtype: str, ngf: int, ndf: int, steps: int) -> dict:
+def breakdown(netG: str, netD: str, size: int, batch: int, dtype: str, ngf: int, ndf: int, steps: int,
+              conv_impl: str = "auto") -> dict:
     """Median seconds of the parts of one step, each compiled on its own."""
-    config = _config(netG, netD, ngf, ndf, dtype, batch)
+    config = _config(netG, netD, ngf, ndf, dtype, batch, conv_impl)
     model = model_lib.build(config, steps_per_epoch=1000)
     shape = (size, size, 3)
     state = train_state.create(model, config.seed, shape, shape)

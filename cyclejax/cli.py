@@ -4,7 +4,8 @@
 `--config.KEY`, a config file that does not load, or a `UserError` raised by the library
 prints one line `error: ...` on stderr and exits with code 2; a `NonFiniteError` exits with
 code 3. Tracebacks are kept for real bugs. Libraries' INFO lines (Orbax, TensorFlow) are
-hidden unless `--verbosity` is given (see also `cyclejax/__init__.py`).
+hidden unless `--verbosity` is given (see also `cyclejax/__init__.py`). Every command keeps
+freed host memory for reuse (`cyclejax.host_memory`).
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
+from cyclejax import host_memory
 from cyclejax.errors import NonFiniteError, UserError
 
 
@@ -78,6 +80,7 @@ def run(main: Callable[[list[str]], None]) -> None:
     """`app.run(main)` with user errors as one line on stderr (exit 2; non-finite losses: exit 3)."""
 
     def guarded(argv):
+        host_memory.keep_freed_memory()
         if not flags.FLAGS["verbosity"].present:
             absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax and TensorFlow log INFO lines
         try:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from cyclejax import input_pipeline, layers, losses, model, networks
+from cyclejax import convolution, input_pipeline, layers, losses, model, networks
 from cyclejax.errors import UserError
 
 
@@ -25,6 +25,7 @@ def validate(config: ml_collections.ConfigDict, device_count: int, process_count
     _one_of(config, "preprocess", input_pipeline.PREPROCESS)
     _one_of(config, "direction", ("AtoB", "BtoA"))
     _one_of(config, "dtype", tuple(model.DTYPES))
+    _one_of(config, "conv_impl", convolution.IMPLS)
     for key in ("ngf", "ndf", "batch_size", "crop_size", "load_size", "input_nc", "output_nc", "n_layers_D"):
         if int(config.get(key)) < 1:
             raise ConfigError(f"config.{key}={config.get(key)!r} must be a positive integer")

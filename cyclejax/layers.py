@@ -11,7 +11,9 @@ checks them against torch itself):
   a stride-1 convolution followed by depth-to-space (the sub-pixel form). It computes the
   same function; XLA:CPU runs the backward of a strided transposed convolution roughly ten
   times slower than this form (experiments/bench/README.md).
-- `Conv`: `nn.Conv2d` with explicit zero padding.
+- `Conv`: `nn.Conv2d` with explicit zero padding, computed by `cyclejax.convolution` in the
+  implementation `conv_impl` names ('auto': matrix products on CPU, XLA's convolution on
+  GPU and TPU).
 - `kernel_init`: the official `init_weights` (normal, xavier, kaiming, orthogonal).
 - `norm_layer`: the official `get_norm_layer`, as a module definition.
 """
@@ -24,6 +26,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from cyclejax import convolution
 
 INIT_TYPES = ("normal", "xavier", "kaiming", "orthogonal")
 NORMS = ("instance", "batch", "none")
@@ -72,7 +76,8 @@ class Conv(nn.Module):
     """`nn.Conv2d(in, features, kernel_size, stride, padding, bias)` with zero padding.
 
     `kernel_size` and `padding` are an int or an (h, w) pair. Parameters are kept in float32
-    (`kernel` (kh, kw, in, out), `bias`); the convolution runs in `dtype`.
+    (`kernel` (kh, kw, in, out), `bias`); the convolution runs in `dtype`, implemented as
+    `conv_impl` says (`cyclejax.convolution.IMPLS`; every one computes the same function).
     """
 
     features: int
@@ -82,6 +87,7 @@ class Conv(nn.Module):
     use_bias: bool = True
     kernel_init: Callable = nn.initializers.normal(stddev=0.02)
     dtype: Dtype = jnp.float32
+    conv_impl: str = "auto"
 
     def kernel_and_bias(self, in_features: int) -> tuple[jax.Array, jax.Array | None]:
         """The parameters, cast to the compute dtype."""
@@ -93,9 +99,7 @@ class Conv(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         kernel, bias = self.kernel_and_bias(x.shape[-1])
-        ph, pw = _pair(self.padding)
-        y = jax.lax.conv_general_dilated(x.astype(self.dtype), kernel, (self.stride, self.stride),
-                                         ((ph, ph), (pw, pw)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        y = convolution.conv2d(x.astype(self.dtype), kernel, self.stride, _pair(self.padding), self.conv_impl)
         return y if bias is None else y + bias
 
 
@@ -134,7 +138,8 @@ def subpixel_kernel(kernel: jax.Array, stride: int, padding: int) -> jax.Array:
     return taps.transpose(1, 3, 4, 0, 2, 5).reshape(size, size, cin, stride * stride * cout)
 
 
-def conv_transpose(x: jax.Array, kernel: jax.Array, stride: int, padding: int, output_padding: int) -> jax.Array:
+def conv_transpose(x: jax.Array, kernel: jax.Array, stride: int, padding: int, output_padding: int,
+                   impl: str = "auto") -> jax.Array:
     """`F.conv_transpose2d` (no bias) for outputs of exactly `stride` times the input size."""
     n, h, w, _ = x.shape
     k, cout = kernel.shape[0], kernel.shape[-1]
@@ -145,13 +150,7 @@ def conv_transpose(x: jax.Array, kernel: jax.Array, stride: int, padding: int, o
         )
     _, before, after = _subpixel_taps(k, stride, padding)
     x = jnp.pad(x, ((0, 0), (before, after), (before, after), (0, 0)))
-    y = jax.lax.conv_general_dilated(
-        x,
-        subpixel_kernel(kernel, stride, padding).astype(x.dtype),
-        window_strides=(1, 1),
-        padding="VALID",
-        dimension_numbers=("NHWC", "HWIO", "NHWC"),
-    )
+    y = convolution.conv2d(x, subpixel_kernel(kernel, stride, padding).astype(x.dtype), impl=impl)
     y = y.reshape(n, h, w, stride, stride, cout).transpose(0, 1, 3, 2, 4, 5)
     return y.reshape(n, h * stride, w * stride, cout)
 
@@ -169,7 +168,8 @@ class ConvTranspose(Conv):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         kernel, bias = self.kernel_and_bias(x.shape[-1])
-        y = conv_transpose(x.astype(self.dtype), kernel, self.stride, self.padding, self.output_padding)
+        y = conv_transpose(x.astype(self.dtype), kernel, self.stride, self.padding, self.output_padding,
+                           self.conv_impl)
         return y if bias is None else y + bias
 
 

@@ -13,7 +13,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from cyclejax import networks, optim
+from cyclejax import convolution, networks, optim
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -52,10 +52,11 @@ def apply_train_mode(net: nn.Module, params, batch_stats, x, rngs=None):
 def build(config: ml_collections.ConfigDict, steps_per_epoch: int) -> CycleGAN:
     """The CycleGAN a config describes (keys named as the official options)."""
     dtype = DTYPES[config.get("dtype", "float32")]
+    impl = convolution.resolve(config.get("conv_impl", "auto"))
     g = dict(ngf=config.ngf, norm=config.norm, use_dropout=not config.no_dropout,
-             init_type=config.init_type, init_gain=config.init_gain, dtype=dtype)
+             init_type=config.init_type, init_gain=config.init_gain, dtype=dtype, conv_impl=impl)
     d = dict(ndf=config.ndf, n_layers_D=config.n_layers_D, norm=config.norm,
-             init_type=config.init_type, init_gain=config.init_gain, dtype=dtype)
+             init_type=config.init_type, init_gain=config.init_gain, dtype=dtype, conv_impl=impl)
     schedule = optim.learning_rate_schedule(config.lr, config.n_epochs, config.n_epochs_decay, steps_per_epoch)
     return CycleGAN(
         G_A=networks.define_G(config.netG, config.input_nc, config.output_nc, **g),

@@ -196,7 +196,7 @@ class PixelDiscriminator(Discriminator):
 
 
 def layer_defs(norm: str = "instance", init_type: str = "normal", init_gain: float = 0.02,
-               dtype: Dtype = jnp.float32) -> dict[str, ModuleDef]:
+               dtype: Dtype = jnp.float32, conv_impl: str = "auto") -> dict[str, ModuleDef]:
     """{'conv', 'conv_transpose', 'norm'} as the official options define them."""
     if norm not in NORMS:
         raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
@@ -204,8 +204,9 @@ def layer_defs(norm: str = "instance", init_type: str = "normal", init_gain: flo
         raise ValueError(f"init_type must be one of {INIT_TYPES}, got {init_type!r}")
     bias = conv_bias(norm)
     return {
-        "conv": functools.partial(Conv, use_bias=bias, kernel_init=kernel_init(init_type, init_gain), dtype=dtype),
-        "conv_transpose": functools.partial(ConvTranspose, use_bias=bias, dtype=dtype,
+        "conv": functools.partial(Conv, use_bias=bias, kernel_init=kernel_init(init_type, init_gain), dtype=dtype,
+                                  conv_impl=conv_impl),
+        "conv_transpose": functools.partial(ConvTranspose, use_bias=bias, dtype=dtype, conv_impl=conv_impl,
                                             kernel_init=kernel_init(init_type, init_gain, transposed=True)),
         "norm": norm_layer(norm, init_gain),
     }
@@ -221,10 +222,12 @@ def define_G(
     init_type: str = "normal",
     init_gain: float = 0.02,
     dtype: Dtype = jnp.float32,
+    conv_impl: str = "auto",
 ) -> nn.Module:
-    """A generator as the official `networks.define_G` builds it. `dtype` is the compute dtype."""
+    """A generator as the official `networks.define_G` builds it. `dtype` is the compute dtype,
+    `conv_impl` how convolutions are computed (`cyclejax.convolution`)."""
     common = dict(input_nc=input_nc, output_nc=output_nc, ngf=ngf, use_dropout=use_dropout,
-                  **layer_defs(norm, init_type, init_gain, dtype))
+                  **layer_defs(norm, init_type, init_gain, dtype, conv_impl))
     if netG == "resnet_9blocks":
         return ResnetGenerator(n_blocks=9, **common)
     if netG == "resnet_6blocks":
@@ -245,9 +248,10 @@ def define_D(
     init_type: str = "normal",
     init_gain: float = 0.02,
     dtype: Dtype = jnp.float32,
+    conv_impl: str = "auto",
 ) -> nn.Module:
     """A discriminator as the official `networks.define_D` builds it; `apply` gives patch logits."""
-    layers = layer_defs(norm, init_type, init_gain, dtype)
+    layers = layer_defs(norm, init_type, init_gain, dtype, conv_impl)
     common = dict(input_nc=input_nc, ndf=ndf, conv=layers["conv"], norm=layers["norm"])
     if netD == "basic":
         return NLayerDiscriminator(n_layers=3, **common)

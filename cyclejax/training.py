@@ -13,8 +13,8 @@ import time
 import jax
 import ml_collections
 
-from cyclejax import (checkpoints, config_check, datasets, embedded_score, input_pipeline, nonfinite, parallel,
-                      preemption, storage, train_state, train_step)
+from cyclejax import (checkpoints, config_check, datasets, embedded_score, host_memory, input_pipeline, nonfinite,
+                      parallel, preemption, storage, train_state, train_step)
 from cyclejax import model as model_lib
 from cyclejax.errors import NonFiniteError
 from cyclejax.progress import Progress
@@ -42,6 +42,7 @@ def load_data(config: ml_collections.ConfigDict):
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: storage.PathLike) -> dict:
     """Trains (or resumes) in `workdir`; returns the last metrics and, on the embedded dataset, eval.json."""
+    host_memory.keep_freed_memory()  # also when called from a notebook, not through the command
     workdir = storage.resolve(workdir)  # local or gs://
     mesh = parallel.make_mesh()
     config_check.validate(config, jax.device_count(), jax.process_count())

@@ -68,20 +68,24 @@ def test_batch_norm_scale_init_is_normal_around_one():
     assert np.all(np.asarray(v["params"]["bias"]) == 0)
 
 
+IMPLS = ("xla", "matmul", "auto")  # every conv_impl
+
+
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize(
     "kernel, stride, padding, output_padding",
     [(3, 2, 1, 1),  # the ResNet generator's upsampling
      (4, 2, 1, 0)],  # the U-Net's upsampling
 )
-def test_conv_transpose_matches_torch(kernel, stride, padding, output_padding):
-    x = _x((2, 5, 7, 6))
-    mod = layers.ConvTranspose(4, kernel, stride, padding, output_padding=output_padding)
+def test_conv_transpose_matches_torch(kernel, stride, padding, output_padding, impl):
+    x = _x((2, 5, 7, 16))  # 16 input channels: the matmul form (fewer go to XLA's convolution)
+    mod = layers.ConvTranspose(4, kernel, stride, padding, output_padding=output_padding, conv_impl=impl)
     params = mod.init(jax.random.PRNGKey(0), jnp.asarray(x))["params"]
     params = {"kernel": jax.random.normal(jax.random.PRNGKey(1), params["kernel"].shape),
               "bias": jax.random.normal(jax.random.PRNGKey(2), (4,))}
     ours = np.asarray(mod.apply({"params": params}, jnp.asarray(x)))
 
-    ref = torch.nn.ConvTranspose2d(6, 4, kernel, stride, padding, output_padding)
+    ref = torch.nn.ConvTranspose2d(16, 4, kernel, stride, padding, output_padding)
     with torch.no_grad():
         ref.weight.copy_(torch.from_numpy(np.asarray(params["kernel"]).transpose(2, 3, 0, 1)))
         ref.bias.copy_(torch.from_numpy(np.array(params["bias"])))
@@ -90,54 +94,76 @@ def test_conv_transpose_matches_torch(kernel, stride, padding, output_padding):
     np.testing.assert_allclose(ours, out, atol=TOL, rtol=0)
 
 
-def test_conv_transpose_gradient_matches_torch():
-    x = _x((1, 4, 4, 3))
-    k = np.random.default_rng(3).normal(size=(3, 3, 3, 2)).astype(np.float32)
-    g = jax.grad(lambda x, k: jnp.sum(jnp.sin(layers.conv_transpose(x, k, 2, 1, 1))), argnums=(0, 1))(jnp.asarray(x), jnp.asarray(k))
+@pytest.mark.parametrize("impl", IMPLS)
+def test_conv_transpose_gradient_matches_torch(impl):
+    x = _x((1, 4, 4, 16))
+    k = np.random.default_rng(3).normal(size=(3, 3, 16, 2)).astype(np.float32)
+    g = jax.grad(lambda x, k: jnp.sum(jnp.sin(layers.conv_transpose(x, k, 2, 1, 1, impl))),
+                 argnums=(0, 1))(jnp.asarray(x), jnp.asarray(k))
     xt = nchw(x).requires_grad_()
     kt = torch.from_numpy(k.transpose(2, 3, 0, 1).copy()).requires_grad_()
     torch.sin(torch.nn.functional.conv_transpose2d(xt, kt, stride=2, padding=1, output_padding=1)).sum().backward()
-    np.testing.assert_allclose(np.asarray(g[0]), nhwc(xt.grad), atol=1e-5)
-    np.testing.assert_allclose(np.asarray(g[1]), kt.grad.numpy().transpose(2, 3, 0, 1), atol=1e-5)
+    for ours, theirs in ((g[0], nhwc(xt.grad)), (g[1], kt.grad.numpy().transpose(2, 3, 0, 1))):
+        np.testing.assert_allclose(np.asarray(ours), theirs, atol=TOL * np.abs(theirs).max(), rtol=0)
 
 
-def test_conv_matches_torch():
-    x = _x((2, 8, 8, 3))
-    mod = layers.Conv(5, 4, stride=2, padding=1)
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("cin, features, kernel, stride, padding", [
+    (3, 5, 4, 2, 1),  # the discriminator's first layer: XLA's convolution under every impl
+    (16, 20, 3, 1, 1),  # a ResNet block's convolution: matmul 'taps_in'
+    (16, 3, 7, 1, 0),  # the generator's output layer: matmul 'taps_out'
+    (16, 1, 4, 1, (1, 2)),  # the discriminator's last layer, uneven padding: 'taps_out'
+    (16, 8, 3, 2, 1),  # a strided convolution: XLA's under every impl
+])
+def test_conv_and_its_gradient_match_torch(cin, features, kernel, stride, padding, impl):
+    x = _x((2, 11, 9, cin))
+    mod = layers.Conv(features, kernel, stride=stride, padding=padding, conv_impl=impl)
     params = mod.init(jax.random.PRNGKey(0), jnp.asarray(x))["params"]
-    params = {"kernel": params["kernel"] * 50, "bias": jnp.arange(5.0)}
+    # Unit-scale outputs; a fixed random cotangent, so gradients are as well conditioned as outputs.
+    params = {"kernel": params["kernel"] / 0.02 / np.sqrt(kernel * kernel * cin), "bias": jnp.arange(float(features))}
     ours = np.asarray(mod.apply({"params": params}, jnp.asarray(x)))
-    ref = torch.nn.Conv2d(3, 5, 4, 2, 1)
+    cotangent = _x(ours.shape, seed=1)
+    loss = lambda p, x: jnp.sum(mod.apply({"params": p}, x) * cotangent)  # noqa: E731
+    grads = jax.grad(loss, argnums=(0, 1))(params, jnp.asarray(x))
+    ref = torch.nn.Conv2d(cin, features, kernel, stride, padding)
     with torch.no_grad():
         ref.weight.copy_(torch.from_numpy(np.asarray(params["kernel"]).transpose(3, 2, 0, 1)))
-        ref.bias.copy_(torch.arange(5.0))
-    np.testing.assert_allclose(ours, nhwc(ref(nchw(x))), atol=TOL, rtol=0)
+        ref.bias.copy_(torch.arange(float(features)))
+    xt = nchw(x).requires_grad_()
+    out = ref(xt)
+    (out * nchw(cotangent)).sum().backward()
+    scale = np.abs(nhwc(out.detach())).max()
+    np.testing.assert_allclose(ours, nhwc(out.detach()), atol=TOL * scale, rtol=0)
+    np.testing.assert_allclose(np.asarray(grads[1]), nhwc(xt.grad), atol=TOL * np.abs(nhwc(xt.grad)).max(), rtol=0)
+    dk = ref.weight.grad.numpy().transpose(2, 3, 1, 0)
+    np.testing.assert_allclose(np.asarray(grads[0]["kernel"]), dk, atol=TOL * np.abs(dk).max(), rtol=0)
 
 
-@pytest.mark.parametrize(
-    "init_type, transposed, expected_std",
-    [("normal", False, 0.02),
-     ("xavier", False, 0.02 * np.sqrt(2 / (64 * 9 + 32 * 9))),
-     ("kaiming", False, np.sqrt(2 / (64 * 9))),
-     ("kaiming", True, np.sqrt(2 / (32 * 9))),  # torch's fan_in of a transposed conv counts its outputs
-     ("orthogonal", False, 0.02 / np.sqrt(64 * 9))],
-)
-def test_kernel_init_std(init_type, transposed, expected_std):
-    shape = (3, 3, 64, 32)
-    w = np.asarray(layers.kernel_init(init_type, 0.02, transposed)(jax.random.PRNGKey(0), shape))
-    assert w.shape == shape
-    assert abs(w.mean()) < expected_std * 0.05
-    assert abs(w.std() - expected_std) < expected_std * 0.03
+@pytest.mark.parametrize("dtype, tol", [(jnp.float32, 2e-6), (jnp.bfloat16, 2e-2)])
+@pytest.mark.parametrize("kernel, cin, cout", [(3, 16, 24), (7, 32, 3), (2, 16, 64)])
+def test_matmul_convolution_equals_xla_convolution(kernel, cin, cout, dtype, tol):
+    from cyclejax import convolution
+    rng = np.random.default_rng(kernel)
+    x = jnp.asarray(rng.normal(size=(2, 13, 10, cin)), dtype)
+    k = jnp.asarray(rng.normal(size=(kernel, kernel, cin, cout)) / kernel / np.sqrt(cin), dtype)
+    want = convolution.conv2d(x, k, 1, (1, 1), "xla")
+    got = convolution.conv2d(x, k, 1, (1, 1), "matmul")
+    assert got.dtype == want.dtype == dtype and got.shape == want.shape == (2, 16 - kernel, 13 - kernel, cout)
+    np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32), atol=tol, rtol=0)
 
 
-def test_orthogonal_init_rows_are_orthogonal():
-    w = np.asarray(layers.kernel_init("orthogonal", 1.0)(jax.random.PRNGKey(0), (3, 3, 16, 8)))
-    flat = w.reshape(-1, 8).T  # torch's (out, in*kh*kw)
-    np.testing.assert_allclose(flat @ flat.T, np.eye(8), atol=1e-5)
-
-
-def test_unknown_norm_and_init_are_refused():
-    with pytest.raises(ValueError, match="norm must be one of"):
-        layers.norm_layer("group")
-    with pytest.raises(ValueError, match="init_type must be one of"):
-        layers.kernel_init("uniform")
+def test_conv_impl_chooses_the_form_of_each_layer():
+    from cyclejax import convolution
+    form = convolution.form
+    for backend in ("gpu", "tpu"):  # cuDNN and the TPU's convolution units
+        assert form("auto", 1, 64, 3, backend) == form("auto", 1, 256, 256, backend) == "xla"
+    # CPU, auto: products only where XLA:CPU's convolution is slowest (few output channels).
+    assert form("auto", 1, 64, 3, "cpu") == form("auto", 1, 512, 1, "cpu") == "taps_out"
+    assert form("auto", 1, 256, 256, "cpu") == "xla"
+    # matmul: every stride-1 layer with 16 or more input channels.
+    assert form("matmul", 1, 256, 256, "gpu") == "taps_in" and form("matmul", 1, 64, 3, "cpu") == "taps_out"
+    # Strided layers and the 3-channel input: XLA's convolution under every choice.
+    for impl in convolution.IMPLS:
+        assert form(impl, 2, 64, 128, "cpu") == form(impl, 1, 3, 64, "cpu") == "xla"
+    with pytest.raises(ValueError, match="conv_impl must be one of"):
+        convolution.resolve("cudnn")

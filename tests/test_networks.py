@@ -55,21 +55,29 @@ def _compare(flax_module, torch_module, x, atol=3e-5):
     np.testing.assert_allclose(ours, theirs, atol=atol, rtol=0)
 
 
+IMPLS = ("xla", "matmul", "auto")  # every conv_impl
+
+
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("norm", ["instance", "batch"])
-def test_resnet_generator_equals_official_torch_module(norm):
+def test_resnet_generator_equals_official_torch_module(norm, impl):
+    # ngf 16: every matmul form runs (the 16 -> 3 output layer is 'taps_out').
     x = np.random.default_rng(0).uniform(-1, 1, (2, 32, 32, 3)).astype(np.float32)
-    _compare(networks.define_G("resnet_6blocks", ngf=8, norm=norm, init_gain=0.2),
-             ref.ResnetGenerator(ngf=8, norm=norm, n_blocks=6), x)
+    _compare(networks.define_G("resnet_6blocks", ngf=16, norm=norm, init_gain=0.2, conv_impl=impl),
+             ref.ResnetGenerator(ngf=16, norm=norm, n_blocks=6), x)
 
 
-def test_unet_generator_equals_official_torch_module():
+@pytest.mark.parametrize("impl", IMPLS)
+def test_unet_generator_equals_official_torch_module(impl):
     x = np.random.default_rng(1).uniform(-1, 1, (1, 128, 128, 3)).astype(np.float32)
-    _compare(networks.define_G("unet_128", ngf=4, init_gain=0.2), ref.UnetGenerator(num_downs=7, ngf=4), x)
+    _compare(networks.define_G("unet_128", ngf=4, init_gain=0.2, conv_impl=impl),
+             ref.UnetGenerator(num_downs=7, ngf=4), x)
 
 
-def test_nlayer_discriminator_equals_official_torch_module():
+@pytest.mark.parametrize("impl", IMPLS)
+def test_nlayer_discriminator_equals_official_torch_module(impl):
     x = np.random.default_rng(2).uniform(-1, 1, (2, 64, 64, 1)).astype(np.float32)
-    _compare(networks.define_D("n_layers", input_nc=1, ndf=8, n_layers_D=4, init_gain=0.2),
+    _compare(networks.define_D("n_layers", input_nc=1, ndf=8, n_layers_D=4, init_gain=0.2, conv_impl=impl),
              ref.NLayerDiscriminator(input_nc=1, ndf=8, n_layers=4), x)
 
 

@@ -91,9 +91,9 @@ def _torch_iteration(config, params, batch):
     return {k: float(v.detach()) for k, v in loss.items()}, grads, weights, nets, roundoff
 
 
-@pytest.fixture(scope="module")
-def one_step():
-    config = tiny_config()
+@pytest.fixture(scope="module", params=["xla", "matmul", "auto"])
+def one_step(request):
+    config = tiny_config(conv_impl=request.param)
     model = model_lib.build(config, steps_per_epoch=10)
     state = train_state.create(model, 0, (SIZE, SIZE, 3), (SIZE, SIZE, 3))
     initial = jax.tree_util.tree_map(np.asarray, state.params)

@@ -1,0 +1,160 @@
+"""The 2-D convolution every network uses: XLA's, or the same function as matrix products.
+
+`conv_impl` (a config key) chooses, per layer (`form`):
+
+- `xla`: `lax.conv_general_dilated` everywhere. The fast path on GPUs (cuDNN) and TPUs,
+  which is what `auto` takes there.
+- `matmul`: matrix products for every stride-1 layer with at least 16 input channels.
+- `auto` on CPU: matrix products only for the stride-1 layers with fewer than 16 output
+  channels (the generator's 7x7 output layer, the PatchGAN's last layer), XLA's
+  convolution elsewhere: in the whole 256² train step that measured fastest on the 2-core
+  AMD EPYC (experiments/bench/README.md). XLA:CPU runs the 7x7 64->3 output layer forward
+  at about 6 GFLOP/s; its product form runs at about 165.
+
+The product form of a stride-1 convolution over an (N, H, W, C) input treats the image as
+one long row of pixels, `x_flat` (N*H*W, C): the output pixel at flat position p receives
+`x_flat[p + i*W + j] @ kernel[i, j]` from tap (i, j). Every tap is then a contiguous slice
+of `x_flat` (no strided gather, no im2col copy) and one dense product; positions whose
+window runs past the right or bottom edge are computed too and cut off at the end (a few
+percent more work: W/(W-kw+1)). Two orders of the same sums:
+
+- `taps_in`: the sum over taps of `slice(x_flat) @ kernel[i, j]`, a loop with one float32
+  accumulator, and a backward pass written the same way (only x and the kernel are kept);
+- `taps_out`: one product `x_flat @ kernel` to all kh*kw*O tap outputs, then the sum of
+  their shifted slices (for few output channels, where `taps_in` would run products with
+  3 columns that no matmul kernel runs fast).
+
+Strided layers and layers with fewer than 16 input channels (the 3-channel image input)
+keep XLA's convolution under every choice: XLA:CPU ran those as fast as or faster than the
+product forms we tried (space-to-depth, im2col, per-tap slices), and padding the 3 input
+channels to 4, 8 or 16 only made them slower. In bfloat16 the products take bfloat16
+operands and sum in float32, as XLA's convolution does.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+IMPLS = ("auto", "xla", "matmul")
+MIN_MATMUL_CHANNELS = 16  # fewer input channels: XLA's convolution (see above)
+
+
+def resolve(impl: str, backend: str | None = None) -> str:
+    """The implementation `impl` names on `backend` (default: JAX's): 'auto' stays 'auto' on
+    CPU (a choice per layer, see `form`) and is 'xla' on GPU and TPU."""
+    if impl not in IMPLS:
+        raise ValueError(f"conv_impl must be one of {IMPLS}, got {impl!r}")
+    if impl == "auto" and (backend or jax.default_backend()) != "cpu":
+        return "xla"
+    return impl
+
+
+def form(impl: str, stride: int, in_channels: int, out_channels: int, backend: str | None = None) -> str:
+    """How one layer is computed: 'xla', 'taps_in' or 'taps_out'.
+
+    'matmul' takes matrix products for every stride-1 layer with at least 16 input channels;
+    'auto' on CPU only for those with fewer than 16 output channels (the generator's 7x7
+    output layer, the PatchGAN's last layer), where XLA:CPU's convolution is slowest: in the
+    whole train step that choice measured fastest (experiments/bench/README.md).
+    """
+    impl = resolve(impl, backend)
+    if impl == "xla" or stride != 1 or in_channels < MIN_MATMUL_CHANNELS:
+        return "xla"
+    if out_channels < MIN_MATMUL_CHANNELS:
+        return "taps_out"
+    return "taps_in" if impl == "matmul" else "xla"
+
+
+def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1, padding: tuple[int, int] = (0, 0),
+           impl: str = "xla") -> jax.Array:
+    """`F.conv2d` without bias, NHWC input and (kh, kw, in, out) kernel, zero `padding` (h, w)."""
+    ph, pw = padding
+    kh, kw, c, o = kernel.shape
+    how = form(impl, stride, c, o)
+    if how == "xla":
+        return lax.conv_general_dilated(x, kernel, (stride, stride), ((ph, ph), (pw, pw)),
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    if ph or pw:
+        x = jnp.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
+    n, h, w, _ = x.shape
+    if h < kh or w < kw:
+        raise ValueError(f"a {kh}x{kw} convolution needs an input of at least that size, got {h}x{w}")
+    y = _taps_in(x, kernel) if how == "taps_in" else _taps_out(x, kernel)
+    return y.reshape(n, h, w, o)[:, : h - kh + 1, : w - kw + 1]
+
+
+def _offsets(kh: int, kw: int, w: int) -> list[int]:
+    """Where tap (i, j) reads, relative to the output pixel, in the flattened image."""
+    return [i * w + j for i in range(kh) for j in range(kw)]
+
+
+def _flat(x: jax.Array, extra: int) -> jax.Array:
+    """(N, H, W, C) -> (N*H*W + extra, C): the pixels in a row, `extra` zero rows after them."""
+    return jnp.pad(x.reshape(-1, x.shape[-1]), ((0, extra), (0, 0)))
+
+
+def _sum_of_taps(rows: jax.Array, taps: jax.Array, offsets: list[int], pixels: int) -> jax.Array:
+    """sum_t rows[off_t : off_t + pixels] @ taps[t] in float32, one tap after another.
+
+    A loop, not nine independent products: XLA:CPU would otherwise keep every tap's slice
+    and product alive at once (measured: 4x the generator's temporary memory).
+    """
+    def add_tap(acc, tap):
+        off, weights = tap
+        return acc + jnp.dot(lax.dynamic_slice_in_dim(rows, off, pixels), weights,
+                             preferred_element_type=jnp.float32), None
+
+    start = jnp.zeros((pixels, taps.shape[-1]), jnp.float32)
+    return lax.scan(add_tap, start, (jnp.asarray(offsets, jnp.int32), taps))[0]
+
+
+@jax.custom_vjp
+def _taps_in(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """(N*H*W, O): output pixel p = sum over taps of x_flat[p + off_t] @ kernel[t]."""
+    n, h, w, c = x.shape
+    kh, kw, _, o = kernel.shape
+    offsets = _offsets(kh, kw, w)
+    y = _sum_of_taps(_flat(x, offsets[-1]), kernel.reshape(kh * kw, c, o), offsets, n * h * w)
+    return y.astype(x.dtype)
+
+
+def _taps_in_fwd(x, kernel):
+    return _taps_in(x, kernel), (x, kernel)
+
+
+def _taps_in_bwd(saved, dy):
+    """The input gradient is the same sum with the taps reversed; the kernel gradient one
+    product per tap. Only x and the kernel are kept from the forward pass."""
+    x, kernel = saved
+    n, h, w, c = x.shape
+    kh, kw, _, o = kernel.shape
+    pixels = n * h * w
+    offsets = _offsets(kh, kw, w)
+    last = offsets[-1]
+    # dy holds zeros at the positions cut off in the forward pass (reshape/slice's transpose).
+    dx = _sum_of_taps(jnp.pad(dy, ((last, 0), (0, 0))), jnp.swapaxes(kernel.reshape(kh * kw, c, o), 1, 2),
+                      [last - off for off in offsets], pixels)
+    flat = _flat(x, last)
+
+    def tap_gradient(_, off):
+        return None, lax.dot_general(lax.dynamic_slice_in_dim(flat, off, pixels), dy, (((0,), (0,)), ((), ())),
+                                     preferred_element_type=jnp.float32)
+
+    dk = lax.scan(tap_gradient, None, jnp.asarray(offsets, jnp.int32))[1]
+    return dx.astype(x.dtype).reshape(x.shape), dk.reshape(kernel.shape).astype(kernel.dtype)
+
+
+_taps_in.defvjp(_taps_in_fwd, _taps_in_bwd)
+
+
+def _taps_out(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """(N*H*W, O) for few output channels: one product to every tap's output, then the sum of
+    their shifted slices (XLA:CPU runs a 64 -> 3 convolution at a few GFLOP/s)."""
+    n, h, w, c = x.shape
+    kh, kw, _, o = kernel.shape
+    offsets = _offsets(kh, kw, w)
+    pixels = n * h * w
+    z = jnp.dot(_flat(x, offsets[-1]), kernel.transpose(2, 0, 1, 3).reshape(c, kh * kw * o),
+                preferred_element_type=jnp.float32).reshape(-1, kh * kw, o)
+    return sum(lax.slice_in_dim(z[:, t], off, off + pixels) for t, off in enumerate(offsets)).astype(x.dtype)
