@@ -7,9 +7,11 @@
 - `matmul`: matrix products for every stride-1 layer with at least 16 input channels.
 - `auto` on CPU: matrix products only for the stride-1 layers with fewer than 16 output
   channels (the generator's 7x7 output layer, the PatchGAN's last layer), XLA's
-  convolution elsewhere: in the whole 256² train step that measured fastest on the 2-core
-  AMD EPYC (experiments/bench/README.md). XLA:CPU runs the 7x7 64->3 output layer forward
-  at about 6 GFLOP/s; its product form runs at about 165.
+  convolution elsewhere. XLA:CPU runs the 7x7 64->3 output layer forward at about 6
+  GFLOP/s; its product form at about 165. Measured on the 2-core AMD EPYC in the whole
+  train step (experiments/bench/README.md), `auto` against `matmul`: 2.0 vs 2.3 s at 128²,
+  8.9 vs 8.2 s at 256² but 4.0 vs 5.1 GB peak RSS; so `matmul` is the choice for 256²
+  where memory allows, `auto` the default.
 
 The product form of a stride-1 convolution over an (N, H, W, C) input treats the image as
 one long row of pixels, `x_flat` (N*H*W, C): the output pixel at flat position p receives
@@ -55,8 +57,9 @@ def form(impl: str, stride: int, in_channels: int, out_channels: int, backend: s
 
     'matmul' takes matrix products for every stride-1 layer with at least 16 input channels;
     'auto' on CPU only for those with fewer than 16 output channels (the generator's 7x7
-    output layer, the PatchGAN's last layer), where XLA:CPU's convolution is slowest: in the
-    whole train step that choice measured fastest (experiments/bench/README.md).
+    output layer, the PatchGAN's last layer), where XLA:CPU's convolution is slowest. In the
+    whole train step 'auto' measured faster than 'matmul' at 128² and 8 % slower at 256²,
+    with 28 % less memory there (experiments/bench/README.md).
     """
     impl = resolve(impl, backend)
     if impl == "xla" or stride != 1 or in_channels < MIN_MATMUL_CHANNELS:

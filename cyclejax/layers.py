@@ -12,8 +12,8 @@ checks them against torch itself):
   same function; XLA:CPU runs the backward of a strided transposed convolution roughly ten
   times slower than this form (experiments/bench/README.md).
 - `Conv`: `nn.Conv2d` with explicit zero padding, computed by `cyclejax.convolution` in the
-  implementation `conv_impl` names ('auto': matrix products on CPU, XLA's convolution on
-  GPU and TPU).
+  implementation `conv_impl` names ('auto': XLA's convolution on GPU and TPU; on CPU
+  matrix products for the layers XLA:CPU runs slowly).
 - `kernel_init`: the official `init_weights` (normal, xavier, kaiming, orthogonal).
 - `norm_layer`: the official `get_norm_layer`, as a module definition.
 """
