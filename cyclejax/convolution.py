@@ -70,7 +70,7 @@ def form(impl: str, stride: int, in_channels: int, out_channels: int, backend: s
 
 
 def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1, padding: tuple[int, int] = (0, 0),
-           impl: str = "xla") -> jax.Array:
+           impl: str = "auto") -> jax.Array:
     """`F.conv2d` without bias, NHWC input and (kh, kw, in, out) kernel, zero `padding` (h, w)."""
     ph, pw = padding
     kh, kw, c, o = kernel.shape

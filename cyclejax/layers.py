@@ -5,6 +5,9 @@ checks them against torch itself):
 
 - `reflect_pad`: `nn.ReflectionPad2d`.
 - `instance_norm`: `nn.InstanceNorm2d(affine=False)`: biased variance, eps 1e-5, no state.
+  Both norms compute and return float32 whatever their input (as torch.autocast runs
+  them): in bfloat16 networks the ResNet blocks' residual sums stay float32 and only the
+  convolutions' operands are bfloat16.
 - `BatchNorm`: `nn.BatchNorm2d` in its training and eval modes, running variance unbiased
   and momentum 0.1 as in torch (Flax's `nn.BatchNorm` keeps a biased running variance).
 - `ConvTranspose`: `nn.ConvTranspose2d` with stride, padding and output padding, written as
@@ -42,12 +45,11 @@ def reflect_pad(x: jax.Array, pad: int) -> jax.Array:
 
 
 def instance_norm(x: jax.Array, eps: float = 1e-5) -> jax.Array:
-    """`nn.InstanceNorm2d(affine=False)`: per sample and channel over H and W."""
-    dtype = x.dtype
+    """`nn.InstanceNorm2d(affine=False)`: per sample and channel over H and W, in float32."""
     x = x.astype(jnp.float32)
     mean = jnp.mean(x, axis=(1, 2), keepdims=True)
     var = jnp.mean(jnp.square(x - mean), axis=(1, 2), keepdims=True)
-    return ((x - mean) * jax.lax.rsqrt(var + eps)).astype(dtype)
+    return (x - mean) * jax.lax.rsqrt(var + eps)
 
 
 def kernel_init(init_type: str = "normal", gain: float = 0.02, transposed: bool = False):
@@ -188,7 +190,6 @@ class BatchNorm(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         c = x.shape[-1]
-        dtype = x.dtype
         x = x.astype(jnp.float32)
         gain = self.init_gain
         scale = self.param("scale", lambda key, shape: 1.0 + gain * jax.random.normal(key, shape), (c,))
@@ -206,7 +207,7 @@ class BatchNorm(nn.Module):
         else:
             mean, var = ra_mean.value, ra_var.value
         y = (x - mean) * jax.lax.rsqrt(var + self.eps) * scale + bias
-        return y.astype(dtype)
+        return y
 
 
 class InstanceNorm(nn.Module):

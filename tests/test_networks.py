@@ -110,3 +110,21 @@ def test_bad_arguments_are_refused_with_the_allowed_values():
     with pytest.raises(ValueError, match="3 channels"):
         g = networks.define_G("resnet_6blocks", ngf=4)
         g.init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 1)))
+
+
+def test_bfloat16_generator_keeps_its_residual_stream_in_float32():
+    """dtype=bfloat16 rounds the convolutions' operands only (as torch.autocast does): the
+    norms return float32, so the ResNet blocks' sums do not accumulate bfloat16 round-off."""
+    x = jnp.asarray(np.random.default_rng(3).uniform(-1, 1, (2, 32, 32, 3)), jnp.float32)
+    g32 = networks.define_G("resnet_9blocks", ngf=16)
+    g16 = networks.define_G("resnet_9blocks", ngf=16, dtype=jnp.bfloat16)
+    params = g32.init(jax.random.PRNGKey(0), x)["params"]
+    out32 = np.asarray(g32.apply({"params": params}, x))
+    out16, inter = g16.apply({"params": params}, x,
+                             capture_intermediates=lambda module, _: isinstance(module, networks.ResnetBlock))
+    assert out16.dtype == jnp.float32
+    blocks = [v["__call__"][0] for v in inter["intermediates"].values()]
+    assert len(blocks) == 9 and all(b.dtype == jnp.float32 for b in blocks), [b.dtype for b in blocks]
+    # bfloat16 keeps 8 bits; measured 0.006 mean and 0.03 largest difference (outputs' std 0.35).
+    diff = np.abs(np.asarray(out16) - out32)
+    assert diff.mean() < 0.015 and diff.max() < 0.1, (diff.mean(), diff.max())
