@@ -65,12 +65,13 @@ class Bundle:
     def multiple(self) -> int:
         return networks.generator_multiple(self.config["netG"])
 
-    def generator(self, direction: str) -> nn.Module:
+    def generator(self, direction: str, conv_impl: str = "auto") -> nn.Module:
         self.check_direction(direction)
         c = self.config
         nc_in, nc_out = (c["input_nc"], c["output_nc"]) if direction == "AtoB" else (c["output_nc"], c["input_nc"])
         return networks.define_G(c["netG"], nc_in, nc_out, ngf=c["ngf"], norm=c["norm"],
-                                 use_dropout=not c["no_dropout"], dtype=model_lib.DTYPES[c.get("dtype", "float32")])
+                                 use_dropout=not c["no_dropout"], dtype=model_lib.DTYPES[c.get("dtype", "float32")],
+                                 conv_impl=conv_impl)
 
     def check_direction(self, direction: str) -> None:
         if direction not in self.directions:
@@ -78,10 +79,10 @@ class Bundle:
                               + (" (an official pretrained model holds one direction; it is 'AtoB')"
                                  if self.directions == ("AtoB",) else ""))
 
-    def apply_fn(self, direction: str):
+    def apply_fn(self, direction: str, conv_impl: str = "auto"):
         """A pure function float images (N, H, W, C) in [-1, 1] -> translations (training-mode norms,
-        as the official test script runs them)."""
-        net = self.generator(direction)
+        as the official test script runs them); `conv_impl` as in the config."""
+        net = self.generator(direction, conv_impl)
         v = self.variables[direction]
         return lambda x: model_lib.apply_train_mode(net, v["params"], v.get("batch_stats") or {}, x).astype(jnp.float32)
 
@@ -121,7 +122,10 @@ def export_generator(bundle: Bundle, direction: str) -> bytes:
     # The smallest feature map is (h, w); reflection padding there needs it at least 2 wide.
     b, h, w = jax.export.symbolic_shape("b, h, w", constraints=("h >= 2", "w >= 2") if m == 4 else ())
     spec = jax.ShapeDtypeStruct((b, m * h, m * w, c), jnp.float32)
-    exported = jax.export.export(jax.jit(bundle.apply_fn(direction)), platforms=("cpu", "cuda", "tpu"))(spec)
+    # XLA's own convolutions: an artifact for every platform holds no custom calls (oneDNN's are
+    # this machine's, and jax.export serializes only custom calls with compatibility guarantees).
+    exported = jax.export.export(jax.jit(bundle.apply_fn(direction, conv_impl="xla")),
+                                 platforms=("cpu", "cuda", "tpu"))(spec)
     return bytes(exported.serialize())
 
 

@@ -1,17 +1,21 @@
-"""The 2-D convolution every network uses: XLA's, or the same function as matrix products.
+"""The 2-D convolution every network uses: oneDNN's, XLA's, or the same function as matrix products.
 
 `conv_impl` (a config key) chooses, per layer (`form`):
 
+- `onednn`: oneDNN's CPU convolution primitives, the kernels torch's CPU convolutions
+  run, as XLA custom calls (`cyclejax.onednn`; an extension `pip install` builds where a
+  C++ compiler exists). CPU only. Measured on the 2-core AMD EPYC (experiments/bench/
+  README.md), a 3x3 256->256 convolution at 64x64 ran forward and backward at 447 GFLOP/s
+  this way, 315 with XLA's convolution, 400 in torch.
 - `xla`: `lax.conv_general_dilated` everywhere. The fast path on GPUs (cuDNN) and TPUs,
   which is what `auto` takes there.
 - `matmul`: matrix products for every stride-1 layer with at least 16 input channels.
-- `auto` on CPU: matrix products only for the stride-1 layers with fewer than 16 output
-  channels (the generator's 7x7 output layer, the PatchGAN's last layer), XLA's
-  convolution elsewhere. XLA:CPU runs the 7x7 64->3 output layer forward at about 6
-  GFLOP/s; its product form at about 165. Measured on the 2-core AMD EPYC in the whole
-  train step (experiments/bench/README.md), `auto` against `matmul`: 2.0 vs 2.3 s at 128²,
-  8.9 vs 8.2 s at 256² but 4.0 vs 5.1 GB peak RSS; so `matmul` is the choice for 256²
-  where memory allows, `auto` the default.
+- `auto`: on GPU and TPU `xla`; on CPU `onednn` where the extension loads and the process
+  computes on one CPU device (the custom calls have no sharding rule, see
+  `cyclejax.onednn`), else the mixed form: matrix products only for the stride-1 layers
+  with fewer than 16 output channels (the generator's 7x7 output layer, the PatchGAN's
+  last layer), XLA's convolution elsewhere. XLA:CPU runs the 7x7 64->3 output layer
+  forward at about 6 GFLOP/s; its product form at about 165.
 
 The product form of a stride-1 convolution over an (N, H, W, C) input treats the image as
 one long row of pixels, `x_flat` (N*H*W, C): the output pixel at flat position p receives
@@ -26,8 +30,8 @@ percent more work: W/(W-kw+1)). Two orders of the same sums:
   their shifted slices (for few output channels, where `taps_in` would run products with
   3 columns that no matmul kernel runs fast).
 
-Strided layers and layers with fewer than 16 input channels (the 3-channel image input)
-keep XLA's convolution under every choice: XLA:CPU ran those as fast as or faster than the
+Under `matmul` and the mixed `auto`, strided layers and layers with fewer than 16 input
+channels (the 3-channel image input) keep XLA's convolution: XLA:CPU ran those as fast as or faster than the
 product forms we tried (space-to-depth, im2col, per-tap slices), and padding the 3 input
 channels to 4, 8 or 16 only made them slower. In bfloat16 the products take bfloat16
 operands and sum in float32, as XLA's convolution does.
@@ -38,30 +42,51 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-IMPLS = ("auto", "xla", "matmul")
+from cyclejax import onednn
+
+IMPLS = ("auto", "xla", "matmul", "onednn")
 MIN_MATMUL_CHANNELS = 16  # fewer input channels: XLA's convolution; fewer output channels: taps_out
 
 
 def resolve(impl: str, backend: str | None = None) -> str:
-    """The implementation `impl` names on `backend` (default: JAX's): 'auto' stays 'auto' on
-    CPU (a choice per layer, see `form`) and is 'xla' on GPU and TPU."""
+    """The implementation `impl` names on `backend` (default: JAX's): 'xla', 'matmul',
+    'onednn', or 'auto' for the mixed CPU form (a choice per layer, see `form`).
+
+    'auto' is 'xla' on GPU and TPU; on CPU 'onednn' where it can run on a single-device
+    process, else the mixed form. An explicit 'onednn' that cannot run is an error here,
+    when the model is built, with the reason.
+    """
     if impl not in IMPLS:
         raise ValueError(f"conv_impl must be one of {IMPLS}, got {impl!r}")
-    if impl == "auto" and (backend or jax.default_backend()) != "cpu":
-        return "xla"
+    backend = backend or jax.default_backend()
+    if impl == "onednn":
+        if backend != "cpu":
+            raise ValueError(f"conv_impl='onednn' runs on CPU only; this process computes on {backend} "
+                             "(use 'auto' or 'xla')")
+        if not onednn.available():
+            raise RuntimeError(f"conv_impl='onednn' cannot run: {onednn.unavailable_reason()}; "
+                               "conv_impl='auto' falls back to the pure-JAX convolutions")
+    if impl == "auto":
+        if backend != "cpu":
+            return "xla"
+        if jax.process_count() == 1 and len(jax.devices("cpu")) == 1 and onednn.available():
+            return "onednn"
     return impl
 
 
 def form(impl: str, stride: int, in_channels: int, out_channels: int, backend: str | None = None) -> str:
-    """How one layer is computed: 'xla', 'taps_in' or 'taps_out'.
+    """How one layer is computed: 'onednn', 'xla', 'taps_in' or 'taps_out'.
 
-    'matmul' takes matrix products for every stride-1 layer with at least 16 input channels;
-    'auto' on CPU only for those with fewer than 16 output channels (the generator's 7x7
-    output layer, the PatchGAN's last layer), where XLA:CPU's convolution is slowest. In the
-    whole train step 'auto' measured faster than 'matmul' at 128² and 8 % slower at 256²,
-    with 28 % less memory there (experiments/bench/README.md).
+    'onednn' takes oneDNN's convolution for every layer. 'matmul' takes matrix products for
+    every stride-1 layer with at least 16 input channels; the mixed 'auto' (CPU without
+    oneDNN) only for those with fewer than 16 output channels (the generator's 7x7 output
+    layer, the PatchGAN's last layer), where XLA:CPU's convolution is slowest. In the whole
+    train step that mixed form measured faster than 'matmul' at 128² and 8 % slower at
+    256², with 28 % less memory there (experiments/bench/README.md).
     """
     impl = resolve(impl, backend)
+    if impl == "onednn":
+        return "onednn"
     if impl == "xla" or stride != 1 or in_channels < MIN_MATMUL_CHANNELS:
         return "xla"
     if out_channels < MIN_MATMUL_CHANNELS:
@@ -75,6 +100,8 @@ def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1, padding: tuple[int,
     ph, pw = padding
     kh, kw, c, o = kernel.shape
     how = form(impl, stride, c, o)
+    if how == "onednn":
+        return onednn.conv2d(x, kernel, stride, padding)
     if how == "xla":
         return lax.conv_general_dilated(x, kernel, (stride, stride), ((ph, ph), (pw, pw)),
                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))

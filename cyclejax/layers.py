@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cyclejax import convolution
+from cyclejax import convolution, onednn
 
 INIT_TYPES = ("normal", "xavier", "kaiming", "orthogonal")
 NORMS = ("instance", "batch", "none")
@@ -145,6 +145,8 @@ def conv_transpose(x: jax.Array, kernel: jax.Array, stride: int, padding: int, o
     """`F.conv_transpose2d` (no bias) for outputs of exactly `stride` times the input size."""
     n, h, w, _ = x.shape
     k, cout = kernel.shape[0], kernel.shape[-1]
+    if convolution.form(impl, 1, kernel.shape[2], cout) == "onednn" and output_padding <= padding:
+        return onednn.conv_transpose(x, kernel, stride, padding, output_padding)
     if k + output_padding - 2 * padding != stride:
         raise ValueError(
             f"sub-pixel transposed conv needs kernel + output_padding - 2*padding == stride, "

@@ -14,8 +14,18 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import ml_collections
+import pytest
 
+from cyclejax import convolution, onednn
 from cyclejax.configs import default
+
+
+def impls() -> list:
+    """Every conv_impl, as pytest parameters; 'onednn' is skipped, with the reason, where its
+    extension is not built (tests/test_packaging.py fails then on Linux x86-64, where
+    `pip install` builds it)."""
+    skip = pytest.mark.skipif(not onednn.available(), reason=f"oneDNN: {onednn.unavailable_reason()}")
+    return [pytest.param(impl, marks=skip) if impl == "onednn" else impl for impl in convolution.IMPLS]
 
 
 def tiny_config(variants: str = "tiny", **overrides) -> ml_collections.ConfigDict:

@@ -1,11 +1,14 @@
 """Each layer of cyclejax.layers against torch.nn's own layer on random input."""
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
 
-from cyclejax import layers
+from cyclejax import layers, onednn
+from tests.conftest import impls
 from tests.torch_reference import nchw, nhwc
 
 TOL = 1e-5
@@ -68,7 +71,7 @@ def test_batch_norm_scale_init_is_normal_around_one():
     assert np.all(np.asarray(v["params"]["bias"]) == 0)
 
 
-IMPLS = ("xla", "matmul", "auto")  # every conv_impl
+IMPLS = impls()  # every conv_impl
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -154,18 +157,81 @@ def test_matmul_convolution_equals_xla_convolution(kernel, cin, cout, dtype, tol
     np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32), atol=tol, rtol=rtol)
 
 
-def test_conv_impl_chooses_the_form_of_each_layer():
-    from cyclejax import convolution
+def test_conv_impl_chooses_the_form_of_each_layer(monkeypatch):
+    from cyclejax import convolution, onednn
     form = convolution.form
     for backend in ("gpu", "tpu"):  # cuDNN and the TPU's convolution units
         assert form("auto", 1, 64, 3, backend) == form("auto", 1, 256, 256, backend) == "xla"
-    # CPU, auto: products only where XLA:CPU's convolution is slowest (few output channels).
+        with pytest.raises(ValueError, match="runs on CPU only"):
+            convolution.resolve("onednn", backend)
+    # CPU, auto with oneDNN (a one-device process): oneDNN for every layer.
+    monkeypatch.setattr(onednn, "available", lambda: True)
+    assert convolution.resolve("auto", "cpu") == "onednn"
+    assert form("auto", 2, 3, 64, "cpu") == form("auto", 1, 256, 256, "cpu") == "onednn"
+    # CPU, auto without oneDNN: products only where XLA:CPU's convolution is slowest.
+    monkeypatch.setattr(onednn, "available", lambda: False)
+    monkeypatch.setattr(onednn, "unavailable_reason", lambda: "not built")
     assert form("auto", 1, 64, 3, "cpu") == form("auto", 1, 512, 1, "cpu") == "taps_out"
     assert form("auto", 1, 256, 256, "cpu") == "xla"
+    with pytest.raises(RuntimeError, match="conv_impl='onednn' cannot run: not built"):
+        convolution.resolve("onednn", "cpu")
     # matmul: every stride-1 layer with 16 or more input channels.
     assert form("matmul", 1, 256, 256, "gpu") == "taps_in" and form("matmul", 1, 64, 3, "cpu") == "taps_out"
-    # Strided layers and the 3-channel input: XLA's convolution under every choice.
-    for impl in convolution.IMPLS:
+    # Strided layers and the 3-channel input: XLA's convolution under matmul and mixed auto.
+    for impl in ("auto", "xla", "matmul"):
         assert form(impl, 2, 64, 128, "cpu") == form(impl, 1, 3, 64, "cpu") == "xla"
     with pytest.raises(ValueError, match="conv_impl must be one of"):
         convolution.resolve("cudnn")
+
+
+@pytest.mark.skipif(not onednn.available(), reason=f"oneDNN: {onednn.unavailable_reason()}")
+@pytest.mark.parametrize("dtype, tol, rtol", [(jnp.float32, 2e-6, 0), (jnp.bfloat16, 1e-2, 2**-6)])
+@pytest.mark.parametrize("kernel, stride, padding, size", [
+    (3, 2, 0, (10, 7)),  # a stride that leaves the last row and column unread: cropped first
+    (4, 2, 1, (11, 9)),  # the discriminator's strided layers, odd sizes
+    (7, 1, 3, (6, 5)),  # padding wider than half the input
+    (1, 1, 0, (3, 4)),
+])
+def test_onednn_convolution_and_gradients_equal_xla(kernel, stride, padding, size, dtype, tol, rtol):
+    from cyclejax import convolution
+    rng = np.random.default_rng(kernel)
+    x = jnp.asarray(rng.normal(size=(2, *size, 5)), dtype)
+    k = jnp.asarray(rng.normal(size=(kernel, kernel, 5, 6)) / kernel / np.sqrt(5), dtype)
+    cotangent = jnp.asarray(rng.normal(size=convolution.conv2d(x, k, stride, (padding, padding), "xla").shape), dtype)
+
+    def run(impl):
+        y, vjp = jax.vjp(lambda x, k: convolution.conv2d(x, k, stride, (padding, padding), impl), x, k)
+        return (y, *vjp(cotangent))
+
+    for got, want in zip(jax.jit(run, static_argnums=0)("onednn"), jax.jit(run, static_argnums=0)("xla")):
+        assert got.dtype == want.dtype == dtype and got.shape == want.shape
+        scale = float(jnp.max(jnp.abs(want.astype(jnp.float32))))
+        np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32),
+                                   atol=tol * scale, rtol=rtol)
+
+
+@pytest.mark.skipif(not onednn.available(), reason=f"oneDNN: {onednn.unavailable_reason()}")
+def test_onednn_convolution_rejects_mixed_dtypes():
+    x = jnp.zeros((1, 4, 4, 2), jnp.float32)
+    with pytest.raises(TypeError, match="float32 or bfloat16 inputs of one dtype"):
+        onednn.conv2d(x, jnp.zeros((3, 3, 2, 2), jnp.bfloat16), 1, (1, 1))
+    with pytest.raises(ValueError, match="needs an input of at least that size"):
+        onednn.conv2d(x, jnp.zeros((7, 7, 2, 2), jnp.float32), 1, (0, 0))
+
+
+@pytest.mark.skipif(not onednn.available(), reason=f"oneDNN: {onednn.unavailable_reason()}")
+def test_onednn_convolution_differentiates_its_gradient():
+    """Second derivatives (WGAN-GP's penalty differentiates an input gradient) equal XLA's."""
+    from cyclejax import convolution
+    rng = np.random.default_rng(5)
+    x = jnp.asarray(rng.normal(size=(2, 9, 8, 4)), jnp.float32)
+    k = jnp.asarray(rng.normal(size=(4, 4, 4, 3)) / 8, jnp.float32)
+
+    def penalty(impl, x, k):
+        def critic(x):
+            return jnp.sum(jnp.tanh(convolution.conv2d(x, k, 2, (1, 1), impl)))
+        return jnp.sum(jnp.square(jax.grad(critic)(x)))
+
+    for got, want in zip(jax.grad(functools.partial(penalty, "onednn"), argnums=(0, 1))(x, k),
+                         jax.grad(functools.partial(penalty, "xla"), argnums=(0, 1))(x, k)):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=2e-6 * float(jnp.max(jnp.abs(want))))

@@ -7,6 +7,7 @@ import torch
 
 from cyclejax import networks
 from tests import torch_reference as ref
+from tests.conftest import impls
 
 
 def _count(module, size):
@@ -55,7 +56,7 @@ def _compare(flax_module, torch_module, x, atol=3e-5):
     np.testing.assert_allclose(ours, theirs, atol=atol, rtol=0)
 
 
-IMPLS = ("xla", "matmul", "auto")  # every conv_impl
+IMPLS = impls()  # every conv_impl
 
 
 @pytest.mark.parametrize("impl", IMPLS)

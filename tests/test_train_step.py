@@ -10,6 +10,7 @@ from cyclejax import model as model_lib
 from cyclejax import parallel, train_state, train_step
 from cyclejax.losses import METRICS
 from tests import conftest
+from tests.conftest import impls
 from tests import torch_reference as ref
 from tests.inert import ROUNDOFF_EPS, NamingApplier, instance_norm_roundoff
 
@@ -91,7 +92,7 @@ def _torch_iteration(config, params, batch):
     return {k: float(v.detach()) for k, v in loss.items()}, grads, weights, nets, roundoff
 
 
-@pytest.fixture(scope="module", params=["xla", "matmul", "auto"])
+@pytest.fixture(scope="module", params=impls())
 def one_step(request):
     config = tiny_config(conv_impl=request.param)
     model = model_lib.build(config, steps_per_epoch=10)

@@ -1,0 +1,228 @@
+// 2-D convolutions (forward, backward-data, backward-weights) as XLA FFI handlers that
+// run oneDNN's CPU primitives, the kernels torch's CPU convolutions use.
+//
+// JAX hands over dense row-major arrays: activations NHWC, kernels HWIO. Each primitive is
+// created with the layouts it runs fastest in (`format_tag::any`, as torch's mkldnn path
+// does), and every operand whose layout differs is reordered in a temporary on each call
+// (kernels always; activations where `Blocked` says). Primitives and reorders
+// are built once per shape and kept; each call brings its own scratchpad and temporaries,
+// so concurrent calls from XLA's threads share nothing but the immutable plans.
+#include <array>
+#include <cstdint>
+#include <cstdlib>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "oneapi/dnnl/dnnl.hpp"
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+enum Kind : int64_t { kForward = 0, kBackwardData = 1, kBackwardWeights = 2 };
+
+// kind, dtype (0 f32, 1 bf16), n, c, h, w, o, kh, kw, oh, ow, stride, pad_top, pad_left
+using Key = std::array<int64_t, 14>;
+
+// Whether a primitive takes the activations in its own (blocked) layout rather than NHWC,
+// with reorders around it. On the 2-core AMD EPYC the NHWC backward-weights kernels of
+// strided convolutions ran 1.3x (128 -> 256 channels) to 2.6x (64 -> 128) slower than the
+// blocked ones; for stride 1 and the other kinds NHWC was as fast or faster.
+// CYCLEJAX_ONEDNN_BLOCKED (a bit per kind: always blocked) overrides this for measurements.
+bool Blocked(Kind kind, int64_t stride) {
+  static const int forced = [] {
+    const char* env = std::getenv("CYCLEJAX_ONEDNN_BLOCKED");
+    return env ? std::atoi(env) : -1;
+  }();
+  if (forced >= 0) return (forced >> kind) & 1;
+  return kind == kBackwardWeights && stride > 1;
+}
+
+// One operand: where it is in the call (the buffers a, b, out), its oneDNN argument, its
+// layout as JAX holds it and as the primitive wants it, and the reorder between the two.
+struct Slot {
+  int buffer;  // 0: first argument, 1: second argument, 2: result
+  int arg;
+  dnnl::memory::desc user, wanted;
+  dnnl::primitive reorder;  // user -> wanted for inputs, wanted -> user for the result
+  bool reordered = false;
+};
+
+struct Plan {
+  dnnl::primitive conv;
+  std::array<Slot, 3> slots;
+  dnnl::memory::desc scratchpad;
+};
+
+dnnl::engine& Engine() {
+  static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+  return engine;
+}
+
+std::unique_ptr<Plan> MakePlan(const Key& k) {
+  const auto kind = static_cast<Kind>(k[0]);
+  const auto dt = k[1] == 0 ? dnnl::memory::data_type::f32 : dnnl::memory::data_type::bf16;
+  const int64_t n = k[2], c = k[3], h = k[4], w = k[5], o = k[6], kh = k[7], kw = k[8], oh = k[9],
+                ow = k[10], s = k[11], pt = k[12], pl = k[13];
+  // Torch's (and XLA's) floor: the bottom/right padding that yields exactly (oh, ow).
+  const int64_t pb = (oh - 1) * s + kh - h - pt, pr = (ow - 1) * s + kw - w - pl;
+  using tag = dnnl::memory::format_tag;
+  const tag act = Blocked(kind, s) ? tag::any : tag::nhwc;
+  const dnnl::memory::desc x_user({n, c, h, w}, dt, tag::nhwc), y_user({n, o, oh, ow}, dt, tag::nhwc),
+      w_user({o, c, kh, kw}, dt, tag::hwio);
+  const dnnl::memory::desc x_any({n, c, h, w}, dt, act), y_any({n, o, oh, ow}, dt, act),
+      w_any({o, c, kh, kw}, dt, tag::any);
+  const dnnl::memory::dims strides{s, s}, pad_l{pt, pl}, pad_r{pb, pr};
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  auto& eng = Engine();
+  dnnl::convolution_forward::primitive_desc fwd(eng, dnnl::prop_kind::forward_training,
+                                                dnnl::algorithm::convolution_direct, x_any, w_any, y_any,
+                                                strides, pad_l, pad_r, attr);
+  auto plan = std::make_unique<Plan>();
+  if (kind == kForward) {
+    plan->conv = dnnl::convolution_forward(fwd);
+    plan->slots = {Slot{0, DNNL_ARG_SRC, x_user, fwd.src_desc()}, Slot{1, DNNL_ARG_WEIGHTS, w_user, fwd.weights_desc()},
+                   Slot{2, DNNL_ARG_DST, y_user, fwd.dst_desc()}};
+    plan->scratchpad = fwd.scratchpad_desc();
+  } else if (kind == kBackwardData) {
+    dnnl::convolution_backward_data::primitive_desc bwd(eng, dnnl::algorithm::convolution_direct, x_any, w_any,
+                                                        y_any, strides, pad_l, pad_r, fwd, attr);
+    plan->conv = dnnl::convolution_backward_data(bwd);
+    plan->slots = {Slot{0, DNNL_ARG_DIFF_DST, y_user, bwd.diff_dst_desc()},
+                   Slot{1, DNNL_ARG_WEIGHTS, w_user, bwd.weights_desc()},
+                   Slot{2, DNNL_ARG_DIFF_SRC, x_user, bwd.diff_src_desc()}};
+    plan->scratchpad = bwd.scratchpad_desc();
+  } else {
+    dnnl::convolution_backward_weights::primitive_desc bwd(eng, dnnl::algorithm::convolution_direct, x_any,
+                                                           w_any, y_any, strides, pad_l, pad_r, fwd, attr);
+    plan->conv = dnnl::convolution_backward_weights(bwd);
+    plan->slots = {Slot{0, DNNL_ARG_SRC, x_user, bwd.src_desc()}, Slot{1, DNNL_ARG_DIFF_DST, y_user, bwd.diff_dst_desc()},
+                   Slot{2, DNNL_ARG_DIFF_WEIGHTS, w_user, bwd.diff_weights_desc()}};
+    plan->scratchpad = bwd.scratchpad_desc();
+  }
+  for (Slot& slot : plan->slots) {
+    slot.reordered = slot.wanted != slot.user;
+    if (!slot.reordered) continue;
+    slot.reorder = slot.buffer == 2 ? dnnl::reorder(dnnl::reorder::primitive_desc(eng, slot.wanted, eng, slot.user))
+                                    : dnnl::reorder(dnnl::reorder::primitive_desc(eng, slot.user, eng, slot.wanted));
+  }
+  return plan;
+}
+
+const Plan& GetPlan(const Key& key) {
+  static std::mutex mu;
+  static std::map<Key, std::unique_ptr<Plan>> plans;
+  std::lock_guard<std::mutex> lock(mu);
+  auto& slot = plans[key];
+  if (!slot) slot = MakePlan(key);
+  return *slot;
+}
+
+// 64-byte aligned memory for one call.
+struct Buffer {
+  explicit Buffer(size_t bytes) : ptr(bytes ? std::aligned_alloc(64, (bytes + 63) / 64 * 64) : nullptr) {}
+  ~Buffer() { std::free(ptr); }
+  Buffer(const Buffer&) = delete;
+  Buffer& operator=(const Buffer&) = delete;
+  void* ptr;
+};
+
+ffi::Error Run(Kind kind, ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::AnyBuffer out, int64_t stride, int64_t pad_top,
+               int64_t pad_left) {
+  // forward (x, w) -> y; backward-data (dy, w) -> dx; backward-weights (x, dy) -> dw.
+  const auto type = a.element_type();
+  if (type != ffi::DataType::F32 && type != ffi::DataType::BF16) {
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument, "cyclejax onednn conv: float32 or bfloat16 only");
+  }
+  ffi::AnyBuffer x = kind == kBackwardData ? out : a;
+  ffi::AnyBuffer wb = kind == kBackwardWeights ? out : b;
+  ffi::AnyBuffer y = kind == kForward ? out : (kind == kBackwardData ? a : b);
+  auto xd = x.dimensions(), wd = wb.dimensions(), yd = y.dimensions();
+  if (xd.size() != 4 || wd.size() != 4 || yd.size() != 4 || b.element_type() != type ||
+      out.element_type() != type || wd[2] != xd[3] || yd[3] != wd[3] || yd[0] != xd[0] || stride < 1) {
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument,
+                      "cyclejax onednn conv: expects NHWC activations and an HWIO kernel of one dtype");
+  }
+  // The bottom/right padding that yields exactly the output size must lie in [0, pad].
+  const int64_t pad_bottom = (yd[1] - 1) * stride + wd[0] - xd[1] - pad_top;
+  const int64_t pad_right = (yd[2] - 1) * stride + wd[1] - xd[2] - pad_left;
+  if (pad_bottom < 0 || pad_right < 0 || pad_bottom > pad_top || pad_right > pad_left) {
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument,
+                      "cyclejax onednn conv: output size does not match input size, kernel, stride and padding");
+  }
+  const Key key{kind, type == ffi::DataType::F32 ? 0 : 1, xd[0], xd[3], xd[1], xd[2], wd[3], wd[0], wd[1],
+                yd[1], yd[2], stride, pad_top, pad_left};
+  try {
+    const Plan& plan = GetPlan(key);
+    auto& eng = Engine();
+    thread_local dnnl::stream stream(eng);
+    void* data[3] = {a.untyped_data(), b.untyped_data(), out.untyped_data()};
+    std::vector<std::unique_ptr<Buffer>> temporaries;
+    std::unordered_map<int, dnnl::memory> args;
+    const Slot* result = nullptr;
+    dnnl::memory user_result, wanted_result;
+    for (const Slot& slot : plan.slots) {
+      dnnl::memory user(slot.user, eng, data[slot.buffer]);
+      if (!slot.reordered) {
+        args.emplace(slot.arg, user);
+        continue;
+      }
+      temporaries.push_back(std::make_unique<Buffer>(slot.wanted.get_size()));
+      dnnl::memory wanted(slot.wanted, eng, temporaries.back()->ptr);
+      if (slot.buffer == 2) {
+        result = &slot;
+        user_result = user;
+        wanted_result = wanted;
+      } else {
+        slot.reorder.execute(stream, {{DNNL_ARG_FROM, user}, {DNNL_ARG_TO, wanted}});
+      }
+      args.emplace(slot.arg, wanted);
+    }
+    Buffer scratch(plan.scratchpad.get_size());
+    args.emplace(DNNL_ARG_SCRATCHPAD, dnnl::memory(plan.scratchpad, eng, scratch.ptr));
+    plan.conv.execute(stream, args);
+    if (result != nullptr) {
+      result->reorder.execute(stream, {{DNNL_ARG_FROM, wanted_result}, {DNNL_ARG_TO, user_result}});
+    }
+    stream.wait();
+  } catch (const dnnl::error& e) {
+    return ffi::Error(ffi::ErrorCode::kInternal, std::string("cyclejax onednn conv: ") + e.what());
+  }
+  return ffi::Error::Success();
+}
+
+ffi::Error Forward(ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::Result<ffi::AnyBuffer> y, int64_t stride,
+                   int64_t pad_top, int64_t pad_left) {
+  return Run(kForward, x, w, *y, stride, pad_top, pad_left);
+}
+ffi::Error BackwardData(ffi::AnyBuffer dy, ffi::AnyBuffer w, ffi::Result<ffi::AnyBuffer> dx, int64_t stride,
+                        int64_t pad_top, int64_t pad_left) {
+  return Run(kBackwardData, dy, w, *dx, stride, pad_top, pad_left);
+}
+ffi::Error BackwardWeights(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::Result<ffi::AnyBuffer> dw,
+                           int64_t stride, int64_t pad_top, int64_t pad_left) {
+  return Run(kBackwardWeights, x, dy, *dw, stride, pad_top, pad_left);
+}
+
+}  // namespace
+
+#define CYCLEJAX_CONV_BINDING \
+  ffi::Ffi::Bind()            \
+      .Arg<ffi::AnyBuffer>()  \
+      .Arg<ffi::AnyBuffer>()  \
+      .Ret<ffi::AnyBuffer>()  \
+      .Attr<int64_t>("stride") \
+      .Attr<int64_t>("pad_top") \
+      .Attr<int64_t>("pad_left")
+
+extern "C" {
+XLA_FFI_DEFINE_HANDLER_SYMBOL(CyclejaxConvForward, Forward, CYCLEJAX_CONV_BINDING);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(CyclejaxConvBackwardData, BackwardData, CYCLEJAX_CONV_BINDING);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(CyclejaxConvBackwardWeights, BackwardWeights, CYCLEJAX_CONV_BINDING);
+}

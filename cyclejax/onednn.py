@@ -1,0 +1,201 @@
+"""oneDNN's CPU convolutions, the kernels torch's CPU convolutions run, as XLA custom calls.
+
+XLA:CPU's own convolutions, and their backward passes above all, ran at half torch's speed
+on the 2-core AMD EPYC where the project is measured (experiments/bench/README.md). The
+C++ in `cyclejax/csrc/onednn_conv.cc` (built by `pip install` into `cyclejax/_onednn_conv*.so`
+where a C++ compiler exists, see setup.py) runs oneDNN's forward, backward-data and
+backward-weights convolution primitives on JAX's NHWC/HWIO arrays; `conv2d` wires them
+together with `jax.custom_vjp`. It is optional: without the extension or the
+`onednn-cpu-gomp` runtime, `conv_impl='auto'` falls back to the pure-JAX forms.
+
+oneDNN threads with OpenMP (GNU libgomp), one team per calling thread, as many threads as
+`OMP_NUM_THREADS` or the cores. Float32 and bfloat16 (oneDNN's avx512_core_bf16 and AMX
+kernels where the CPU has them; accumulation in float32).
+
+The custom calls have no sharding rule: in a jit over several devices, XLA runs each one
+on the whole (gathered) batch. `conv_impl='auto'` therefore takes them only when the
+process computes on a single CPU device (the way the train command runs on a CPU);
+`conv_impl='onednn'` on several devices computes the same results with that redundant work.
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+import importlib.metadata
+import importlib.util
+from pathlib import Path
+
+import jax
+import numpy as np
+
+RUNTIME = "onednn-cpu-gomp"  # the PyPI distribution that holds libdnnl.so.3 (GNU OpenMP build)
+_TARGETS = {  # FFI target name -> symbol in the extension
+    "cyclejax_onednn_conv_forward": "CyclejaxConvForward",
+    "cyclejax_onednn_conv_backward_data": "CyclejaxConvBackwardData",
+    "cyclejax_onednn_conv_backward_weights": "CyclejaxConvBackwardWeights",
+}
+
+
+def _extension_path() -> Path | None:
+    spec = importlib.util.find_spec("cyclejax._onednn_conv")
+    return Path(spec.origin) if spec is not None and spec.origin else None
+
+
+def _runtime_library() -> Path | None:
+    """libdnnl.so.3 from the onednn-cpu-gomp wheel (installed under the environment's lib/)."""
+    try:
+        files = importlib.metadata.distribution(RUNTIME).files or []
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    for f in files:
+        if f.name == "libdnnl.so.3":
+            return Path(f.locate()).resolve()
+    return None
+
+
+@functools.cache
+def _load() -> str | None:
+    """Loads the extension and registers its handlers with XLA once; None if that worked,
+    else why it did not (a sentence for error messages)."""
+    extension = _extension_path()
+    if extension is None:
+        return ("the oneDNN extension (cyclejax/_onednn_conv*.so) is not built: reinstall with a C++ "
+                "compiler present (`pip install -e .` on Linux x86-64 builds it)")
+    runtime = _runtime_library()
+    try:
+        if runtime is not None:
+            # The extension needs libdnnl.so.3 by name; loading it first, globally, lets the
+            # dynamic linker find it outside the library path.
+            ctypes.CDLL(str(runtime), mode=ctypes.RTLD_GLOBAL)
+        library = ctypes.CDLL(str(extension))
+    except OSError as e:
+        return f"the oneDNN extension {extension} did not load ({e}); `pip install {RUNTIME}` provides libdnnl.so.3"
+    for target, symbol in _TARGETS.items():
+        jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, symbol)), platform="cpu")
+    return None
+
+
+def available() -> bool:
+    """Whether oneDNN's convolutions can run in this process."""
+    return _load() is None
+
+
+def unavailable_reason() -> str | None:
+    """Why `available()` is False (None when it is True)."""
+    return _load()
+
+
+def _require() -> None:
+    reason = _load()
+    if reason is not None:
+        raise RuntimeError(f"conv_impl='onednn' cannot run: {reason}")
+
+
+def _call(target: str, shape: tuple[int, ...], dtype, a: jax.Array, b: jax.Array, stride: int,
+          padding: tuple[int, int]) -> jax.Array:
+    _require()  # registers the handlers before XLA compiles a call to them
+    return jax.ffi.ffi_call(target, jax.ShapeDtypeStruct(shape, dtype))(
+        a, b, stride=np.int64(stride), pad_top=np.int64(padding[0]), pad_left=np.int64(padding[1]))
+
+
+# The three convolutions are bilinear and each one's gradient is made of the other two:
+# <forward(x, k), dy> = <x, backward_data(dy, k)> = <k, backward_weights(x, dy)>. Writing
+# every gradient with them makes the custom calls differentiable to any order (WGAN-GP's
+# penalty differentiates a gradient). `geometry` is (stride, top/left padding, output size).
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _forward(x: jax.Array, kernel: jax.Array, geometry) -> jax.Array:
+    stride, padding, out_size = geometry
+    out = (x.shape[0], *out_size, kernel.shape[-1])
+    return _call("cyclejax_onednn_conv_forward", out, x.dtype, x, kernel, stride, padding)
+
+
+def _forward_fwd(x, kernel, geometry):
+    return _forward(x, kernel, geometry), (x, kernel)
+
+
+def _forward_bwd(geometry, saved, dy):
+    x, kernel = saved
+    return (_backward_data(dy, kernel, geometry, x.shape),
+            _backward_weights(x, dy, geometry, kernel.shape))
+
+
+_forward.defvjp(_forward_fwd, _forward_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _backward_data(dy: jax.Array, kernel: jax.Array, geometry, x_shape: tuple[int, ...]) -> jax.Array:
+    stride, padding, _ = geometry
+    return _call("cyclejax_onednn_conv_backward_data", x_shape, dy.dtype, dy, kernel, stride, padding)
+
+
+def _backward_data_fwd(dy, kernel, geometry, x_shape):
+    return _backward_data(dy, kernel, geometry, x_shape), (dy, kernel)
+
+
+def _backward_data_bwd(geometry, x_shape, saved, ddx):
+    dy, kernel = saved
+    return _forward(ddx, kernel, geometry), _backward_weights(ddx, dy, geometry, kernel.shape)
+
+
+_backward_data.defvjp(_backward_data_fwd, _backward_data_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _backward_weights(x: jax.Array, dy: jax.Array, geometry, kernel_shape: tuple[int, ...]) -> jax.Array:
+    stride, padding, _ = geometry
+    return _call("cyclejax_onednn_conv_backward_weights", kernel_shape, x.dtype, x, dy, stride, padding)
+
+
+def _backward_weights_fwd(x, dy, geometry, kernel_shape):
+    return _backward_weights(x, dy, geometry, kernel_shape), (x, dy)
+
+
+def _backward_weights_bwd(geometry, kernel_shape, saved, ddk):
+    x, dy = saved
+    return _backward_data(dy, ddk, geometry, x.shape), _forward(x, ddk, geometry)
+
+
+_backward_weights.defvjp(_backward_weights_fwd, _backward_weights_bwd)
+
+
+def conv2d(x: jax.Array, kernel: jax.Array, stride: int, padding: tuple[int, int]) -> jax.Array:
+    """`F.conv2d` without bias: NHWC `x`, (kh, kw, in, out) `kernel`, zero `padding` (h, w),
+    x and kernel of one dtype (float32 or bfloat16)."""
+    _require()
+    if x.dtype != kernel.dtype or x.dtype not in (np.float32, jax.numpy.bfloat16):
+        raise TypeError(f"oneDNN convolutions take float32 or bfloat16 inputs of one dtype, got {x.dtype} "
+                        f"and {kernel.dtype}")
+    kh, kw = kernel.shape[:2]
+    ph, pw = padding
+    # Rows and columns that no window reaches (a stride that does not divide the size) are
+    # cut here, so oneDNN sees the exact fit it expects.
+    n, h, w, _ = x.shape
+    if h + 2 * ph < kh or w + 2 * pw < kw:
+        raise ValueError(f"a {kh}x{kw} convolution needs an input of at least that size, got {h}x{w} "
+                         f"with padding {padding}")
+    oh, ow = (h + 2 * ph - kh) // stride + 1, (w + 2 * pw - kw) // stride + 1
+    used_h, used_w = (oh - 1) * stride + kh - ph, (ow - 1) * stride + kw - pw
+    if used_h < h or used_w < w:
+        x = x[:, :min(h, used_h), :min(w, used_w)]
+    return _forward(x, kernel, (stride, (ph, pw), (oh, ow)))
+
+
+def conv_transpose(x: jax.Array, kernel: jax.Array, stride: int, padding: int, output_padding: int) -> jax.Array:
+    """`F.conv_transpose2d` without bias: NHWC `x`, `kernel` (kh, kw, in, out) (torch's weight
+    (in, out, kh, kw) transposed), for `output_padding <= padding`.
+
+    A transposed convolution is the input gradient of the convolution it transposes, so it
+    runs as oneDNN's backward-data primitive (torch's deconvolution does the same work):
+    about half the products of the sub-pixel form, whose stride-1 kernel is mostly zeros.
+    """
+    _require()
+    if not 0 <= output_padding <= padding:
+        raise ValueError(f"oneDNN's transposed convolution needs 0 <= output_padding <= padding, got "
+                         f"output_padding={output_padding}, padding={padding}")
+    n, h, w, _ = x.shape
+    kh, kw, _, out = kernel.shape
+    size = ((h - 1) * stride - 2 * padding + kh + output_padding, (w - 1) * stride - 2 * padding + kw + output_padding)
+    # The convolution it transposes maps `size` back to (h, w), with the kernel's in and out swapped.
+    return _backward_data(x, kernel.transpose(0, 1, 3, 2), (stride, (padding, padding), (h, w)), (n, *size, out))
