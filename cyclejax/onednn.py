@@ -26,6 +26,7 @@ import importlib.util
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 RUNTIME = "onednn-cpu-gomp"  # the PyPI distribution that holds libdnnl.so.3 (GNU OpenMP build)
@@ -91,10 +92,11 @@ def _require() -> None:
         raise RuntimeError(f"conv_impl='onednn' cannot run: {reason}")
 
 
-def _call(target: str, shape: tuple[int, ...], dtype, a: jax.Array, b: jax.Array, stride: int,
+def _call(target: str, shape: tuple[int, ...], a: jax.Array, b: jax.Array, stride: int,
           padding: tuple[int, int]) -> jax.Array:
+    """One custom call: operands of one dtype (float32 or bfloat16), a float32 result."""
     _require()  # registers the handlers before XLA compiles a call to them
-    return jax.ffi.ffi_call(target, jax.ShapeDtypeStruct(shape, dtype))(
+    return jax.ffi.ffi_call(target, jax.ShapeDtypeStruct(shape, jnp.float32))(
         a, b, stride=np.int64(stride), pad_top=np.int64(padding[0]), pad_left=np.int64(padding[1]))
 
 
@@ -102,13 +104,15 @@ def _call(target: str, shape: tuple[int, ...], dtype, a: jax.Array, b: jax.Array
 # <forward(x, k), dy> = <x, backward_data(dy, k)> = <k, backward_weights(x, dy)>. Writing
 # every gradient with them makes the custom calls differentiable to any order (WGAN-GP's
 # penalty differentiates a gradient). `geometry` is (stride, top/left padding, output size).
+# Each returns float32 (oneDNN accumulates in float32; a bfloat16 network's norms then read
+# float32 as torch.autocast's do); cotangents go back in their primal's dtype.
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _forward(x: jax.Array, kernel: jax.Array, geometry) -> jax.Array:
     stride, padding, out_size = geometry
     out = (x.shape[0], *out_size, kernel.shape[-1])
-    return _call("cyclejax_onednn_conv_forward", out, x.dtype, x, kernel, stride, padding)
+    return _call("cyclejax_onednn_conv_forward", out, x, kernel, stride, padding)
 
 
 def _forward_fwd(x, kernel, geometry):
@@ -117,8 +121,9 @@ def _forward_fwd(x, kernel, geometry):
 
 def _forward_bwd(geometry, saved, dy):
     x, kernel = saved
-    return (_backward_data(dy, kernel, geometry, x.shape),
-            _backward_weights(x, dy, geometry, kernel.shape))
+    dy = dy.astype(x.dtype)
+    return (_backward_data(dy, kernel, geometry, x.shape).astype(x.dtype),
+            _backward_weights(x, dy, geometry, kernel.shape).astype(kernel.dtype))
 
 
 _forward.defvjp(_forward_fwd, _forward_bwd)
@@ -127,7 +132,7 @@ _forward.defvjp(_forward_fwd, _forward_bwd)
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def _backward_data(dy: jax.Array, kernel: jax.Array, geometry, x_shape: tuple[int, ...]) -> jax.Array:
     stride, padding, _ = geometry
-    return _call("cyclejax_onednn_conv_backward_data", x_shape, dy.dtype, dy, kernel, stride, padding)
+    return _call("cyclejax_onednn_conv_backward_data", x_shape, dy, kernel, stride, padding)
 
 
 def _backward_data_fwd(dy, kernel, geometry, x_shape):
@@ -136,7 +141,9 @@ def _backward_data_fwd(dy, kernel, geometry, x_shape):
 
 def _backward_data_bwd(geometry, x_shape, saved, ddx):
     dy, kernel = saved
-    return _forward(ddx, kernel, geometry), _backward_weights(ddx, dy, geometry, kernel.shape)
+    ddx = ddx.astype(dy.dtype)
+    return (_forward(ddx, kernel, geometry).astype(dy.dtype),
+            _backward_weights(ddx, dy, geometry, kernel.shape).astype(kernel.dtype))
 
 
 _backward_data.defvjp(_backward_data_fwd, _backward_data_bwd)
@@ -145,7 +152,7 @@ _backward_data.defvjp(_backward_data_fwd, _backward_data_bwd)
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def _backward_weights(x: jax.Array, dy: jax.Array, geometry, kernel_shape: tuple[int, ...]) -> jax.Array:
     stride, padding, _ = geometry
-    return _call("cyclejax_onednn_conv_backward_weights", kernel_shape, x.dtype, x, dy, stride, padding)
+    return _call("cyclejax_onednn_conv_backward_weights", kernel_shape, x, dy, stride, padding)
 
 
 def _backward_weights_fwd(x, dy, geometry, kernel_shape):
@@ -154,7 +161,9 @@ def _backward_weights_fwd(x, dy, geometry, kernel_shape):
 
 def _backward_weights_bwd(geometry, kernel_shape, saved, ddk):
     x, dy = saved
-    return _backward_data(dy, ddk, geometry, x.shape), _forward(x, ddk, geometry)
+    ddk = ddk.astype(x.dtype)
+    return (_backward_data(dy, ddk, geometry, x.shape).astype(x.dtype),
+            _forward(x, ddk, geometry).astype(dy.dtype))
 
 
 _backward_weights.defvjp(_backward_weights_fwd, _backward_weights_bwd)
@@ -162,9 +171,9 @@ _backward_weights.defvjp(_backward_weights_fwd, _backward_weights_bwd)
 
 def conv2d(x: jax.Array, kernel: jax.Array, stride: int, padding: tuple[int, int]) -> jax.Array:
     """`F.conv2d` without bias: NHWC `x`, (kh, kw, in, out) `kernel`, zero `padding` (h, w),
-    x and kernel of one dtype (float32 or bfloat16)."""
+    x and kernel of one dtype (float32 or bfloat16); the result is float32."""
     _require()
-    if x.dtype != kernel.dtype or x.dtype not in (np.float32, jax.numpy.bfloat16):
+    if x.dtype != kernel.dtype or x.dtype not in (jnp.float32, jnp.bfloat16):
         raise TypeError(f"oneDNN convolutions take float32 or bfloat16 inputs of one dtype, got {x.dtype} "
                         f"and {kernel.dtype}")
     kh, kw = kernel.shape[:2]
@@ -189,6 +198,7 @@ def conv_transpose(x: jax.Array, kernel: jax.Array, stride: int, padding: int, o
     A transposed convolution is the input gradient of the convolution it transposes, so it
     runs as oneDNN's backward-data primitive (torch's deconvolution does the same work):
     about half the products of the sub-pixel form, whose stride-1 kernel is mostly zeros.
+    The result is float32.
     """
     _require()
     if not 0 <= output_padding <= padding:

@@ -26,21 +26,24 @@ namespace {
 
 enum Kind : int64_t { kForward = 0, kBackwardData = 1, kBackwardWeights = 2 };
 
-// kind, dtype (0 f32, 1 bf16), n, c, h, w, o, kh, kw, oh, ow, stride, pad_top, pad_left
+// kind, operand dtype (0 f32, 1 bf16), n, c, h, w, o, kh, kw, oh, ow, stride, pad_top, pad_left.
+// Results are float32 whatever the operands (oneDNN accumulates in float32): a bfloat16
+// network's normalisations then read float32 directly, as torch.autocast's do.
 using Key = std::array<int64_t, 14>;
 
 // Whether a primitive takes the activations in its own (blocked) layout rather than NHWC,
-// with reorders around it. On the 2-core AMD EPYC the NHWC backward-weights kernels of
-// strided convolutions ran 1.3x (128 -> 256 channels) to 2.6x (64 -> 128) slower than the
-// blocked ones; for stride 1 and the other kinds NHWC was as fast or faster.
-// CYCLEJAX_ONEDNN_BLOCKED (a bit per kind: always blocked) overrides this for measurements.
-bool Blocked(Kind kind, int64_t stride) {
+// with reorders around it. On the 2-core AMD EPYC the float32 NHWC backward-weights kernels
+// of strided convolutions ran 1.3x (128 -> 256 channels) to 2.6x (64 -> 128) slower than the
+// blocked ones; for stride 1, for the other kinds and in bfloat16 NHWC was as fast or
+// faster. CYCLEJAX_ONEDNN_BLOCKED (a bit per kind: always blocked) overrides this for
+// measurements.
+bool Blocked(Kind kind, bool bf16, int64_t stride) {
   static const int forced = [] {
     const char* env = std::getenv("CYCLEJAX_ONEDNN_BLOCKED");
     return env ? std::atoi(env) : -1;
   }();
   if (forced >= 0) return (forced >> kind) & 1;
-  return kind == kBackwardWeights && stride > 1;
+  return kind == kBackwardWeights && !bf16 && stride > 1;
 }
 
 // One operand: where it is in the call (the buffers a, b, out), its oneDNN argument, its
@@ -67,23 +70,30 @@ dnnl::engine& Engine() {
 std::unique_ptr<Plan> MakePlan(const Key& k) {
   const auto kind = static_cast<Kind>(k[0]);
   const auto dt = k[1] == 0 ? dnnl::memory::data_type::f32 : dnnl::memory::data_type::bf16;
+  const auto f32 = dnnl::memory::data_type::f32;
   const int64_t n = k[2], c = k[3], h = k[4], w = k[5], o = k[6], kh = k[7], kw = k[8], oh = k[9],
                 ow = k[10], s = k[11], pt = k[12], pl = k[13];
   // Torch's (and XLA's) floor: the bottom/right padding that yields exactly (oh, ow).
   const int64_t pb = (oh - 1) * s + kh - h - pt, pr = (ow - 1) * s + kw - w - pl;
   using tag = dnnl::memory::format_tag;
-  const tag act = Blocked(kind, s) ? tag::any : tag::nhwc;
-  const dnnl::memory::desc x_user({n, c, h, w}, dt, tag::nhwc), y_user({n, o, oh, ow}, dt, tag::nhwc),
-      w_user({o, c, kh, kw}, dt, tag::hwio);
-  const dnnl::memory::desc x_any({n, c, h, w}, dt, act), y_any({n, o, oh, ow}, dt, act),
-      w_any({o, c, kh, kw}, dt, tag::any);
+  const tag act = Blocked(kind, k[1] == 1, s) ? tag::any : tag::nhwc;
+  // Operands in `dt`; the result (y, dx or dw by kind) in float32.
+  const auto x_dt = kind == kBackwardData ? f32 : dt, y_dt = kind == kForward ? f32 : dt,
+             w_dt = kind == kBackwardWeights ? f32 : dt;
+  const dnnl::memory::desc x_user({n, c, h, w}, x_dt, tag::nhwc), y_user({n, o, oh, ow}, y_dt, tag::nhwc),
+      w_user({o, c, kh, kw}, w_dt, tag::hwio);
+  const dnnl::memory::desc x_any({n, c, h, w}, x_dt, act), y_any({n, o, oh, ow}, y_dt, act),
+      w_any({o, c, kh, kw}, w_dt, tag::any);
+  // The forward primitive that backward ones take as a hint has operands and result in `dt`.
+  const dnnl::memory::desc x_hint({n, c, h, w}, dt, act), y_hint({n, o, oh, ow}, dt, act),
+      w_hint({o, c, kh, kw}, dt, tag::any);
   const dnnl::memory::dims strides{s, s}, pad_l{pt, pl}, pad_r{pb, pr};
   dnnl::primitive_attr attr;
   attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
   auto& eng = Engine();
-  dnnl::convolution_forward::primitive_desc fwd(eng, dnnl::prop_kind::forward_training,
-                                                dnnl::algorithm::convolution_direct, x_any, w_any, y_any,
-                                                strides, pad_l, pad_r, attr);
+  dnnl::convolution_forward::primitive_desc fwd(
+      eng, dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct, kind == kForward ? x_any : x_hint,
+      kind == kForward ? w_any : w_hint, kind == kForward ? y_any : y_hint, strides, pad_l, pad_r, attr);
   auto plan = std::make_unique<Plan>();
   if (kind == kForward) {
     plan->conv = dnnl::convolution_forward(fwd);
@@ -137,15 +147,15 @@ ffi::Error Run(Kind kind, ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::AnyBuffer out
                int64_t pad_left) {
   // forward (x, w) -> y; backward-data (dy, w) -> dx; backward-weights (x, dy) -> dw.
   const auto type = a.element_type();
-  if (type != ffi::DataType::F32 && type != ffi::DataType::BF16) {
-    return ffi::Error(ffi::ErrorCode::kInvalidArgument, "cyclejax onednn conv: float32 or bfloat16 only");
+  if ((type != ffi::DataType::F32 && type != ffi::DataType::BF16) || out.element_type() != ffi::DataType::F32) {
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument,
+                      "cyclejax onednn conv: float32 or bfloat16 operands and a float32 result only");
   }
   ffi::AnyBuffer x = kind == kBackwardData ? out : a;
   ffi::AnyBuffer wb = kind == kBackwardWeights ? out : b;
   ffi::AnyBuffer y = kind == kForward ? out : (kind == kBackwardData ? a : b);
   auto xd = x.dimensions(), wd = wb.dimensions(), yd = y.dimensions();
-  if (xd.size() != 4 || wd.size() != 4 || yd.size() != 4 || b.element_type() != type ||
-      out.element_type() != type || wd[2] != xd[3] || yd[3] != wd[3] || yd[0] != xd[0] || stride < 1) {
+  if (xd.size() != 4 || wd.size() != 4 || yd.size() != 4 || b.element_type() != type || wd[2] != xd[3] || yd[3] != wd[3] || yd[0] != xd[0] || stride < 1) {
     return ffi::Error(ffi::ErrorCode::kInvalidArgument,
                       "cyclejax onednn conv: expects NHWC activations and an HWIO kernel of one dtype");
   }
