@@ -28,8 +28,9 @@ _SIZE = flags.DEFINE_integer("size", 256, "image height and width")
 _BATCH = flags.DEFINE_integer("batch", 1, "global batch size")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", list(model_lib.DTYPES), "compute dtype of the networks")
 _CONV_IMPL = flags.DEFINE_enum("conv_impl", "auto", list(convolution.IMPLS),
-                               "how convolutions are computed (cyclejax/convolution.py): auto, xla, or matmul "
-                               "(matrix products for every stride-1 layer)")
+                               "how convolutions are computed (cyclejax/convolution.py): auto (oneDNN's on a "
+                               "CPU where built, XLA's on GPU/TPU), onednn, xla, or matmul (matrix products for "
+                               "every stride-1 layer)")
 _NGF = flags.DEFINE_integer("ngf", 64, "generator width")
 _NDF = flags.DEFINE_integer("ndf", 64, "discriminator width")
 _STEPS = flags.DEFINE_integer("steps", 5, "timed steps")

@@ -50,7 +50,7 @@ def _paper() -> ml_collections.ConfigDict:
     c.init_gain = 0.02
     c.no_dropout = True
     c.dtype = "float32"  # compute dtype of the networks: float32 or bfloat16
-    c.conv_impl = "auto"  # convolutions: auto (matmul on CPU, xla on GPU/TPU), xla or matmul
+    c.conv_impl = "auto"  # convolutions: auto (onednn on CPU where built, xla on GPU/TPU), onednn, xla or matmul
     # Losses.
     c.gan_mode = "lsgan"
     c.lambda_A = 10.0
