@@ -31,9 +31,9 @@ percent more work: W/(W-kw+1)). Two orders of the same sums:
   3 columns that no matmul kernel runs fast).
 
 Under `matmul` and the mixed `auto`, strided layers and layers with fewer than 16 input
-channels (the 3-channel image input) keep XLA's convolution: XLA:CPU ran those as fast as or faster than the
-product forms we tried (space-to-depth, im2col, per-tap slices), and padding the 3 input
-channels to 4, 8 or 16 only made them slower. In bfloat16 the products take bfloat16
+channels (the 3-channel image input) keep XLA's convolution: XLA:CPU ran those as fast as
+or faster than the product forms we tried (space-to-depth, im2col, per-tap slices), and
+padding the 3 input channels to 4, 8 or 16 only made them slower. In bfloat16 the products take bfloat16
 operands and sum in float32, as XLA's convolution does.
 """
 from __future__ import annotations

@@ -5,7 +5,7 @@ on the 2-core AMD EPYC where the project is measured (experiments/bench/README.m
 C++ in `cyclejax/csrc/onednn_conv.cc` (built by `pip install` into `cyclejax/_onednn_conv*.so`
 where a C++ compiler exists, see setup.py) runs oneDNN's forward, backward-data and
 backward-weights convolution primitives on JAX's NHWC/HWIO arrays; `conv2d` wires them
-together with `jax.custom_vjp`. It is optional: without the extension or the
+together with `jax.custom_vjp`, and `conv_transpose` is the backward-data one. It is optional: without the extension or the
 `onednn-cpu-gomp` runtime, `conv_impl='auto'` falls back to the pure-JAX forms.
 
 oneDNN threads with OpenMP (GNU libgomp), one team per calling thread, as many threads as
