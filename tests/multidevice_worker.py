@@ -32,7 +32,9 @@ def run(devices, batches, config):
 
 def main():
     assert len(jax.devices()) == 8, jax.devices()
-    config = tiny_config(batch_size=8, pool_size=4)
+    # argv[1]: the conv_impl ('auto' is the pure-JAX form on several devices; 'onednn' runs
+    # its custom calls, which have no sharding rule, on the gathered batch).
+    config = tiny_config(batch_size=8, pool_size=4, conv_impl=sys.argv[1] if len(sys.argv) > 1 else "auto")
     rng = np.random.default_rng(0)
     batches = [{k: rng.uniform(-1, 1, (8, 32, 32, 3)).astype(np.float32) for k in "AB"} for _ in range(1)]
     s8, m8, shards8 = run(jax.devices(), batches, config)

@@ -9,20 +9,24 @@ import jax
 import numpy as np
 import pytest
 
-from cyclejax import parallel
+from cyclejax import onednn, parallel
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
-def test_eight_devices_equal_one_device():
+@pytest.mark.parametrize("conv_impl", ["auto", pytest.param("onednn", marks=pytest.mark.skipif(
+    not onednn.available(), reason=f"oneDNN: {onednn.unavailable_reason()}"))])
+def test_eight_devices_equal_one_device(conv_impl):
     """One step, global batch 8 (pool filling then swapping): parameters, outputs and losses agree to 1e-5.
 
     Conv biases before instance norm are left out of the parameter comparison (the worker
     finds them by checking the output does not move when they do): see its docstring.
+    'onednn' checks that its custom calls, which carry no sharding rule, still compute the
+    same step on a sharded batch.
     """
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    out = subprocess.run([sys.executable, "-m", "tests.multidevice_worker"], cwd=ROOT, env=env,
+    out = subprocess.run([sys.executable, "-m", "tests.multidevice_worker", conv_impl], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
