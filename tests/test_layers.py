@@ -184,8 +184,10 @@ def test_conv_impl_chooses_the_form_of_each_layer(monkeypatch):
         convolution.resolve("cudnn")
 
 
+# float32: two summation orders of up to 7*7*5 = 245 terms; 1e-5 of the largest output is
+# about 170 units of float32 round-off (2^-24), room for any order on either CPU kind.
 @pytest.mark.skipif(not onednn.available(), reason=f"oneDNN: {onednn.unavailable_reason()}")
-@pytest.mark.parametrize("dtype, tol, rtol", [(jnp.float32, 2e-6, 0), (jnp.bfloat16, 1e-2, 2**-6)])
+@pytest.mark.parametrize("dtype, tol, rtol", [(jnp.float32, 1e-5, 0), (jnp.bfloat16, 1e-2, 2**-6)])
 @pytest.mark.parametrize("kernel, stride, padding, size", [
     (3, 2, 0, (10, 7)),  # a stride that leaves the last row and column unread: cropped first
     (4, 2, 1, (11, 9)),  # the discriminator's strided layers, odd sizes
@@ -237,4 +239,4 @@ def test_onednn_convolution_differentiates_its_gradient():
 
     for got, want in zip(jax.grad(functools.partial(penalty, "onednn"), argnums=(0, 1))(x, k),
                          jax.grad(functools.partial(penalty, "xla"), argnums=(0, 1))(x, k)):
-        np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=2e-6 * float(jnp.max(jnp.abs(want))))
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5 * float(jnp.max(jnp.abs(want))))
