@@ -34,7 +34,9 @@ _TARGETS = {  # FFI target name -> symbol in the extension
     "cyclejax_onednn_conv_forward": "CyclejaxConvForward",
     "cyclejax_onednn_conv_backward_data": "CyclejaxConvBackwardData",
     "cyclejax_onednn_conv_backward_weights": "CyclejaxConvBackwardWeights",
+    "cyclejax_onednn_conv_pack": "CyclejaxConvPack",
 }
+_FORWARD, _BACKWARD_DATA = 0, 1  # the primitive kinds a kernel is packed for
 
 
 def _extension_path() -> Path | None:
@@ -54,10 +56,14 @@ def _runtime_library() -> Path | None:
     return None
 
 
+_library: ctypes.CDLL | None = None
+
+
 @functools.cache
 def _load() -> str | None:
     """Loads the extension and registers its handlers with XLA once; None if that worked,
     else why it did not (a sentence for error messages)."""
+    global _library
     extension = _extension_path()
     if extension is None:
         return ("the oneDNN extension (cyclejax/_onednn_conv*.so) is not built: reinstall with a C++ "
@@ -73,6 +79,11 @@ def _load() -> str | None:
         return f"the oneDNN extension {extension} did not load ({e}); `pip install {RUNTIME}` provides libdnnl.so.3"
     for target, symbol in _TARGETS.items():
         jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, symbol)), platform="cpu")
+    shape = ctypes.POINTER(ctypes.c_int64)
+    library.CyclejaxConvPackedBytes.argtypes = (ctypes.c_int64, ctypes.c_int64, shape, shape, shape,
+                                                ctypes.c_int64, ctypes.c_int64, ctypes.c_int64)
+    library.CyclejaxConvPackedBytes.restype = ctypes.c_int64
+    _library = library
     return None
 
 
@@ -93,11 +104,39 @@ def _require() -> None:
 
 
 def _call(target: str, shape: tuple[int, ...], a: jax.Array, b: jax.Array, stride: int,
-          padding: tuple[int, int]) -> jax.Array:
-    """One custom call: operands of one dtype (float32 or bfloat16), a float32 result."""
+          padding: tuple[int, int], kernel_shape: tuple[int, ...], packed: bool = False) -> jax.Array:
+    """One custom call: operands of one dtype (float32 or bfloat16), a float32 result; with
+    `packed`, `b` is a kernel of HWIO shape `kernel_shape` packed by `_pack`."""
     _require()  # registers the handlers before XLA compiles a call to them
     return jax.ffi.ffi_call(target, jax.ShapeDtypeStruct(shape, jnp.float32))(
-        a, b, stride=np.int64(stride), pad_top=np.int64(padding[0]), pad_left=np.int64(padding[1]))
+        a, b, stride=np.int64(stride), pad_top=np.int64(padding[0]), pad_left=np.int64(padding[1]),
+        kernel=np.asarray(kernel_shape, np.int64), packed=np.int64(packed))
+
+
+@functools.cache
+def _packed_size(kind: int, dtype: str, x_shape, kernel_shape, y_shape, stride: int, padding) -> int:
+    """Elements of `kernel_shape` packed for that primitive (oneDNN's layout may pad channels)."""
+    arrays = [(ctypes.c_int64 * 4)(*s) for s in (x_shape, kernel_shape, y_shape)]
+    nbytes = _library.CyclejaxConvPackedBytes(kind, dtype == "bfloat16", *arrays, stride, *padding)
+    if nbytes < 0:
+        raise RuntimeError(f"oneDNN has no convolution for x {x_shape}, kernel {kernel_shape}, stride {stride}")
+    return nbytes // jnp.dtype(dtype).itemsize
+
+
+def _pack(kernel: jax.Array, kind: int, x_shape, y_shape, stride: int, padding) -> jax.Array:
+    """`kernel` (HWIO) reordered into the layout oneDNN's forward or backward-data primitive for
+    this convolution wants (`x_shape` -> `y_shape`, NHWC), as a flat array.
+
+    A step applies each generator three times with the same kernels: XLA merges the identical
+    packs, so each kernel is reordered once per step and direction instead of at every call
+    (torch reorders at every call). Not differentiable: used inside the custom VJPs only.
+    """
+    _require()
+    size = _packed_size(kind, str(kernel.dtype), tuple(x_shape), tuple(kernel.shape), tuple(y_shape), stride,
+                        tuple(padding))
+    return jax.ffi.ffi_call("cyclejax_onednn_conv_pack", jax.ShapeDtypeStruct((size,), kernel.dtype))(
+        kernel, kind=np.int64(kind), stride=np.int64(stride), pad_top=np.int64(padding[0]),
+        pad_left=np.int64(padding[1]), x_shape=np.asarray(x_shape, np.int64), y_shape=np.asarray(y_shape, np.int64))
 
 
 # The three convolutions are bilinear and each one's gradient is made of the other two:
@@ -112,7 +151,8 @@ def _call(target: str, shape: tuple[int, ...], a: jax.Array, b: jax.Array, strid
 def _forward(x: jax.Array, kernel: jax.Array, geometry) -> jax.Array:
     stride, padding, out_size = geometry
     out = (x.shape[0], *out_size, kernel.shape[-1])
-    return _call("cyclejax_onednn_conv_forward", out, x, kernel, stride, padding)
+    packed = _pack(kernel, _FORWARD, x.shape, out, stride, padding)
+    return _call("cyclejax_onednn_conv_forward", out, x, packed, stride, padding, kernel.shape, packed=True)
 
 
 def _forward_fwd(x, kernel, geometry):
@@ -132,7 +172,8 @@ _forward.defvjp(_forward_fwd, _forward_bwd)
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def _backward_data(dy: jax.Array, kernel: jax.Array, geometry, x_shape: tuple[int, ...]) -> jax.Array:
     stride, padding, _ = geometry
-    return _call("cyclejax_onednn_conv_backward_data", x_shape, dy, kernel, stride, padding)
+    packed = _pack(kernel, _BACKWARD_DATA, x_shape, dy.shape, stride, padding)
+    return _call("cyclejax_onednn_conv_backward_data", x_shape, dy, packed, stride, padding, kernel.shape, packed=True)
 
 
 def _backward_data_fwd(dy, kernel, geometry, x_shape):
@@ -152,7 +193,7 @@ _backward_data.defvjp(_backward_data_fwd, _backward_data_bwd)
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def _backward_weights(x: jax.Array, dy: jax.Array, geometry, kernel_shape: tuple[int, ...]) -> jax.Array:
     stride, padding, _ = geometry
-    return _call("cyclejax_onednn_conv_backward_weights", kernel_shape, x, dy, stride, padding)
+    return _call("cyclejax_onednn_conv_backward_weights", kernel_shape, x, dy, stride, padding, kernel_shape)
 
 
 def _backward_weights_fwd(x, dy, geometry, kernel_shape):

@@ -1,5 +1,6 @@
 """Each layer of cyclejax.layers against torch.nn's own layer on random input."""
 import functools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -240,3 +241,32 @@ def test_onednn_convolution_differentiates_its_gradient():
     for got, want in zip(jax.grad(functools.partial(penalty, "onednn"), argnums=(0, 1))(x, k),
                          jax.grad(functools.partial(penalty, "xla"), argnums=(0, 1))(x, k)):
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5 * float(jnp.max(jnp.abs(want))))
+
+
+@pytest.mark.skipif(not onednn.available(), reason=f"oneDNN: {onednn.unavailable_reason()}")
+def test_onednn_packs_each_kernel_once_per_direction():
+    """A kernel applied three times (as a step applies each generator) is reordered into
+    oneDNN's layouts once for the forward and once for the backward-data calls."""
+    rng = np.random.default_rng(0)
+    xs = jnp.asarray(rng.normal(size=(3, 1, 8, 8, 16)), jnp.float32)
+    k = jnp.asarray(rng.normal(size=(3, 3, 16, 16)) / 12, jnp.float32)
+
+    def loss(k, xs):
+        y = xs[0]
+        for x in xs:  # one use on an input, two on the previous output
+            y = jnp.tanh(onednn.conv2d(x + y, k, 1, (1, 1)))
+        return jnp.sum(y ** 2)
+
+    hlo = jax.jit(jax.grad(loss)).lower(k, xs).compile().as_text()
+    calls = {t: len(re.findall(f'custom_call_target="cyclejax_onednn_conv_{t}"', hlo))
+             for t in ("pack", "forward", "backward_data", "backward_weights")}
+    assert calls == {"pack": 2, "forward": 3, "backward_data": 2, "backward_weights": 3}, calls
+
+
+@pytest.mark.skipif(not onednn.available(), reason=f"oneDNN: {onednn.unavailable_reason()}")
+def test_onednn_refuses_a_packed_kernel_of_another_convolution():
+    x = jnp.ones((1, 8, 8, 4), jnp.float32)
+    wrong = onednn._pack(jnp.ones((3, 3, 4, 4), jnp.float32), onednn._FORWARD, (1, 8, 8, 4), (1, 8, 8, 4), 1, (1, 1))
+    with pytest.raises(Exception, match="packed kernel's size does not match"):
+        onednn._call("cyclejax_onednn_conv_forward", (1, 8, 8, 32), x, wrong, 1, (1, 1), (3, 3, 4, 32),
+                     packed=True).block_until_ready()

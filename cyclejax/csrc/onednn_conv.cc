@@ -4,12 +4,18 @@
 // JAX hands over dense row-major arrays: activations NHWC, kernels HWIO. Each primitive is
 // created with the layouts it runs fastest in (`format_tag::any`, as torch's mkldnn path
 // does), and every operand whose layout differs is reordered in a temporary on each call
-// (kernels always; activations where `Blocked` says). Primitives and reorders
-// are built once per shape and kept; each call brings its own scratchpad and temporaries,
-// so concurrent calls from XLA's threads share nothing but the immutable plans.
+// (activations where `Blocked` says; kernels unless they come packed). Primitives and
+// reorders are built once per shape and kept; each call brings its own scratchpad and
+// temporaries, so concurrent calls from XLA's threads share nothing but the immutable plans.
+//
+// A kernel can be packed once into the layout a forward or backward-data primitive wants
+// (`CyclejaxConvPack`) and handed to it packed: a generator applied three times in a step
+// then reorders each kernel once per step and direction, not at every call (the reorders
+// were an eighth of oneDNN's time in the 128x128 step, and torch does them at every call).
 #include <array>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -134,6 +140,12 @@ const Plan& GetPlan(const Key& key) {
   return *slot;
 }
 
+Key MakeKey(Kind kind, ffi::DataType type, const int64_t* x_nhwc, const int64_t* hwio, const int64_t* y_nhwc,
+            int64_t stride, int64_t pad_top, int64_t pad_left) {
+  return Key{kind, type == ffi::DataType::F32 ? 0 : 1, x_nhwc[0], x_nhwc[3], x_nhwc[1], x_nhwc[2], hwio[3],
+             hwio[0], hwio[1], y_nhwc[1], y_nhwc[2], stride, pad_top, pad_left};
+}
+
 // 64-byte aligned memory for one call.
 struct Buffer {
   explicit Buffer(size_t bytes) : ptr(bytes ? std::aligned_alloc(64, (bytes + 63) / 64 * 64) : nullptr) {}
@@ -144,8 +156,10 @@ struct Buffer {
 };
 
 ffi::Error Run(Kind kind, ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::AnyBuffer out, int64_t stride, int64_t pad_top,
-               int64_t pad_left) {
-  // forward (x, w) -> y; backward-data (dy, w) -> dx; backward-weights (x, dy) -> dw.
+               int64_t pad_left, ffi::Span<const int64_t> kernel, bool packed) {
+  // forward (x, w) -> y; backward-data (dy, w) -> dx; backward-weights (x, dy) -> dw. With
+  // `packed`, w is in the primitive's own layout (from CyclejaxConvPack) and `kernel` gives
+  // its HWIO shape.
   const auto type = a.element_type();
   if ((type != ffi::DataType::F32 && type != ffi::DataType::BF16) || out.element_type() != ffi::DataType::F32) {
     return ffi::Error(ffi::ErrorCode::kInvalidArgument,
@@ -154,8 +168,14 @@ ffi::Error Run(Kind kind, ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::AnyBuffer out
   ffi::AnyBuffer x = kind == kBackwardData ? out : a;
   ffi::AnyBuffer wb = kind == kBackwardWeights ? out : b;
   ffi::AnyBuffer y = kind == kForward ? out : (kind == kBackwardData ? a : b);
-  auto xd = x.dimensions(), wd = wb.dimensions(), yd = y.dimensions();
-  if (xd.size() != 4 || wd.size() != 4 || yd.size() != 4 || b.element_type() != type || wd[2] != xd[3] || yd[3] != wd[3] || yd[0] != xd[0] || stride < 1) {
+  auto xd = x.dimensions(), yd = y.dimensions();
+  const bool packed_ok = kind != kBackwardWeights && kernel.size() == 4;
+  if (packed && !packed_ok) {
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument, "cyclejax onednn conv: a packed kernel needs its HWIO shape");
+  }
+  const int64_t* wd = packed ? kernel.begin() : wb.dimensions().begin();
+  if (xd.size() != 4 || (!packed && wb.dimensions().size() != 4) || yd.size() != 4 || b.element_type() != type ||
+      wd[2] != xd[3] || yd[3] != wd[3] || yd[0] != xd[0] || stride < 1) {
     return ffi::Error(ffi::ErrorCode::kInvalidArgument,
                       "cyclejax onednn conv: expects NHWC activations and an HWIO kernel of one dtype");
   }
@@ -166,10 +186,13 @@ ffi::Error Run(Kind kind, ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::AnyBuffer out
     return ffi::Error(ffi::ErrorCode::kInvalidArgument,
                       "cyclejax onednn conv: output size does not match input size, kernel, stride and padding");
   }
-  const Key key{kind, type == ffi::DataType::F32 ? 0 : 1, xd[0], xd[3], xd[1], xd[2], wd[3], wd[0], wd[1],
-                yd[1], yd[2], stride, pad_top, pad_left};
+  const Key key = MakeKey(kind, type, xd.begin(), wd, yd.begin(), stride, pad_top, pad_left);
   try {
     const Plan& plan = GetPlan(key);
+    if (packed && static_cast<size_t>(wb.size_bytes()) != plan.slots[1].wanted.get_size()) {
+      return ffi::Error(ffi::ErrorCode::kInvalidArgument, "cyclejax onednn conv: the packed kernel's size does not "
+                                                          "match this convolution");
+    }
     auto& eng = Engine();
     thread_local dnnl::stream stream(eng);
     void* data[3] = {a.untyped_data(), b.untyped_data(), out.untyped_data()};
@@ -178,6 +201,10 @@ ffi::Error Run(Kind kind, ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::AnyBuffer out
     const Slot* result = nullptr;
     dnnl::memory user_result, wanted_result;
     for (const Slot& slot : plan.slots) {
+      if (packed && slot.buffer == 1) {
+        args.emplace(slot.arg, dnnl::memory(slot.wanted, eng, data[1]));
+        continue;
+      }
       dnnl::memory user(slot.user, eng, data[slot.buffer]);
       if (!slot.reordered) {
         args.emplace(slot.arg, user);
@@ -208,16 +235,52 @@ ffi::Error Run(Kind kind, ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::AnyBuffer out
 }
 
 ffi::Error Forward(ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::Result<ffi::AnyBuffer> y, int64_t stride,
-                   int64_t pad_top, int64_t pad_left) {
-  return Run(kForward, x, w, *y, stride, pad_top, pad_left);
+                   int64_t pad_top, int64_t pad_left, ffi::Span<const int64_t> kernel, int64_t packed) {
+  return Run(kForward, x, w, *y, stride, pad_top, pad_left, kernel, packed != 0);
 }
 ffi::Error BackwardData(ffi::AnyBuffer dy, ffi::AnyBuffer w, ffi::Result<ffi::AnyBuffer> dx, int64_t stride,
-                        int64_t pad_top, int64_t pad_left) {
-  return Run(kBackwardData, dy, w, *dx, stride, pad_top, pad_left);
+                        int64_t pad_top, int64_t pad_left, ffi::Span<const int64_t> kernel, int64_t packed) {
+  return Run(kBackwardData, dy, w, *dx, stride, pad_top, pad_left, kernel, packed != 0);
 }
 ffi::Error BackwardWeights(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::Result<ffi::AnyBuffer> dw,
-                           int64_t stride, int64_t pad_top, int64_t pad_left) {
-  return Run(kBackwardWeights, x, dy, *dw, stride, pad_top, pad_left);
+                           int64_t stride, int64_t pad_top, int64_t pad_left, ffi::Span<const int64_t> kernel,
+                           int64_t packed) {
+  return Run(kBackwardWeights, x, dy, *dw, stride, pad_top, pad_left, kernel, packed != 0);
+}
+
+// The layout a forward (kind 0) or backward-data (kind 1) primitive wants its kernel in, for
+// the convolution with activations `x_nhwc` -> `y_nhwc` (for backward-data: dx <- dy).
+const Slot& KernelSlot(int64_t kind, ffi::DataType type, const int64_t* x_nhwc, const int64_t* hwio,
+                       const int64_t* y_nhwc, int64_t stride, int64_t pad_top, int64_t pad_left) {
+  return GetPlan(MakeKey(static_cast<Kind>(kind), type, x_nhwc, hwio, y_nhwc, stride, pad_top, pad_left)).slots[1];
+}
+
+ffi::Error Pack(ffi::AnyBuffer w, ffi::Result<ffi::AnyBuffer> packed, int64_t kind, int64_t stride, int64_t pad_top,
+                int64_t pad_left, ffi::Span<const int64_t> x_nhwc, ffi::Span<const int64_t> y_nhwc) {
+  const auto wd = w.dimensions();
+  if ((kind != kForward && kind != kBackwardData) || wd.size() != 4 || x_nhwc.size() != 4 || y_nhwc.size() != 4 ||
+      packed->element_type() != w.element_type()) {
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument, "cyclejax onednn pack: bad kind or shapes");
+  }
+  try {
+    const Slot& slot = KernelSlot(kind, w.element_type(), x_nhwc.begin(), wd.begin(), y_nhwc.begin(), stride,
+                                  pad_top, pad_left);
+    if (static_cast<size_t>(packed->size_bytes()) != slot.wanted.get_size()) {
+      return ffi::Error(ffi::ErrorCode::kInvalidArgument, "cyclejax onednn pack: result size mismatch");
+    }
+    auto& eng = Engine();
+    thread_local dnnl::stream stream(eng);
+    dnnl::memory user(slot.user, eng, w.untyped_data()), wanted(slot.wanted, eng, packed->untyped_data());
+    if (slot.reordered) {
+      slot.reorder.execute(stream, {{DNNL_ARG_FROM, user}, {DNNL_ARG_TO, wanted}});
+      stream.wait();
+    } else {
+      std::memcpy(packed->untyped_data(), w.untyped_data(), slot.wanted.get_size());
+    }
+  } catch (const dnnl::error& e) {
+    return ffi::Error(ffi::ErrorCode::kInternal, std::string("cyclejax onednn pack: ") + e.what());
+  }
+  return ffi::Error::Success();
 }
 
 }  // namespace
@@ -229,10 +292,34 @@ ffi::Error BackwardWeights(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::Result<ffi:
       .Ret<ffi::AnyBuffer>()  \
       .Attr<int64_t>("stride") \
       .Attr<int64_t>("pad_top") \
-      .Attr<int64_t>("pad_left")
+      .Attr<int64_t>("pad_left") \
+      .Attr<ffi::Span<const int64_t>>("kernel") \
+      .Attr<int64_t>("packed")
 
 extern "C" {
 XLA_FFI_DEFINE_HANDLER_SYMBOL(CyclejaxConvForward, Forward, CYCLEJAX_CONV_BINDING);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(CyclejaxConvBackwardData, BackwardData, CYCLEJAX_CONV_BINDING);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(CyclejaxConvBackwardWeights, BackwardWeights, CYCLEJAX_CONV_BINDING);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(CyclejaxConvPack, Pack,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Attr<int64_t>("kind")
+                                  .Attr<int64_t>("stride")
+                                  .Attr<int64_t>("pad_top")
+                                  .Attr<int64_t>("pad_left")
+                                  .Attr<ffi::Span<const int64_t>>("x_shape")
+                                  .Attr<ffi::Span<const int64_t>>("y_shape"));
+
+// Bytes of the packed kernel for that convolution (ctypes, at trace time); -1 if oneDNN
+// cannot build the primitive. `bf16`: 0 float32, 1 bfloat16.
+int64_t CyclejaxConvPackedBytes(int64_t kind, int64_t bf16, const int64_t* x_nhwc, const int64_t* hwio,
+                                const int64_t* y_nhwc, int64_t stride, int64_t pad_top, int64_t pad_left) {
+  try {
+    return static_cast<int64_t>(KernelSlot(kind, bf16 ? ffi::DataType::BF16 : ffi::DataType::F32, x_nhwc, hwio,
+                                           y_nhwc, stride, pad_top, pad_left).wanted.get_size());
+  } catch (const dnnl::error&) {
+    return -1;
+  }
+}
 }
