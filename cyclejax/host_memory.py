@@ -39,6 +39,21 @@ _TRIM_THRESHOLD = 2**31 - 1  # glibc's int: about 2 GiB of free heap top kept be
 _done = False
 
 
+def release_free_pages() -> bool:
+    """Returns the free pages inside glibc's heap to the system (`malloc_trim(0)`); called once,
+    after the first train step. When a small allocation lands in the first step's freed
+    temporaries, the second step's block no longer fits there and goes above it, and the
+    old pages stay resident: measured at 256² in bfloat16, peak memory was 3.3 GB in some
+    runs and 5.0 GB in others; trimmed after the first step, 3.2-3.3 GB in four of four.
+    The next step faults its block in once more. True if glibc did it."""
+    if not _done:
+        return False
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    libc.malloc_trim.argtypes = (ctypes.c_size_t,)
+    libc.malloc_trim(0)
+    return True
+
+
 def keep_freed_memory() -> bool:
     """Applies the setting once per process; True if glibc accepted it."""
     global _done

@@ -87,6 +87,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: storage.PathL
             batch = next(batches)
             assert int(batch["step"][0]) == step, (int(batch["step"][0]), step)
             state, metrics = step_fn(state, parallel.shard_batch({"A": batch["A"], "B": batch["B"]}, mesh))
+            if step == start:
+                jax.block_until_ready(metrics)
+                host_memory.release_free_pages()  # see host_memory: keeps the step's peak memory steady
             record = nonfinite.track(record, metrics, step + 1)
             done = step + 1
             log = config.log_every and done % config.log_every == 0

@@ -5,9 +5,10 @@ import sys
 
 import pytest
 
-# Allocates and frees 200 MB with numpy (malloc), then prints whether the setting took and
-# how much of the freed memory the process still holds.
+# Allocates and frees 200 MB with numpy (malloc), with mode "trim" calls release_free_pages(),
+# then prints whether the setting took and how much of the freed memory the process still holds.
 PROBE = """
+import sys
 import numpy as np
 from cyclejax import host_memory
 took = host_memory.keep_freed_memory()
@@ -17,12 +18,14 @@ def rss_mb():
 before = rss_mb()
 a = np.ones(200 * 2**20 // 8)
 del a
+if sys.argv[1] == "trim":
+    host_memory.release_free_pages()
 print(took, round(rss_mb() - before))
 """
 
 
-def _probe(**env):
-    out = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, check=True,
+def _probe(mode="keep", **env):
+    out = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True, check=True,
                          env={**os.environ, **env})
     took, kept = out.stdout.split()
     return took == "True", int(kept)
@@ -34,6 +37,8 @@ def test_freed_memory_is_kept_for_reuse_unless_turned_off():
     assert took and kept >= 190, kept  # the 200 MB block came from the heap and stayed
     took, kept = _probe(CYCLEJAX_KEEP_FREED_MEMORY="0")
     assert not took and kept < 20, kept  # glibc's default: mmap'ed, returned on free
+    took, kept = _probe("trim")
+    assert took and kept < 20, kept  # release_free_pages() gave the kept block's pages back
 
 
 # Runs a computation with a 128 MB temporary (the middle of two products) twice, and prints
