@@ -96,12 +96,18 @@ def form(impl: str, stride: int, in_channels: int, out_channels: int, backend: s
 
 def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1, padding: tuple[int, int] = (0, 0),
            impl: str = "auto") -> jax.Array:
-    """`F.conv2d` without bias, NHWC input and (kh, kw, in, out) kernel, zero `padding` (h, w)."""
+    """`F.conv2d` without bias, NHWC input and (kh, kw, in, out) kernel, zero `padding` (h, w).
+
+    The convolution runs in x's dtype. A float32 kernel (a parameter) with bfloat16 `x` is
+    rounded to bfloat16; oneDNN rounds it inside its custom call, so that the kernel's
+    gradient reaches the parameter in float32 (`cyclejax.onednn`).
+    """
     ph, pw = padding
     kh, kw, c, o = kernel.shape
     how = form(impl, stride, c, o)
     if how == "onednn":
         return onednn.conv2d(x, kernel, stride, padding)
+    kernel = kernel.astype(x.dtype)
     if how == "xla":
         return lax.conv_general_dilated(x, kernel, (stride, stride), ((ph, ph), (pw, pw)),
                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))

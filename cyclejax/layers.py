@@ -92,17 +92,22 @@ class Conv(nn.Module):
     conv_impl: str = "auto"
 
     def kernel_and_bias(self, in_features: int) -> tuple[jax.Array, jax.Array | None]:
-        """The parameters, cast to the compute dtype."""
+        """The float32 parameters (the convolution casts the kernel to the compute dtype)."""
         kh, kw = _pair(self.kernel_size)
         kernel = self.param("kernel", self.kernel_init, (kh, kw, in_features, self.features), jnp.float32)
         bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32) if self.use_bias else None
-        return kernel.astype(self.dtype), None if bias is None else bias.astype(self.dtype)
+        return kernel, bias
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         kernel, bias = self.kernel_and_bias(x.shape[-1])
         y = convolution.conv2d(x.astype(self.dtype), kernel, self.stride, _pair(self.padding), self.conv_impl)
-        return y if bias is None else y + bias
+        return _add_bias(y, bias)
+
+
+def _add_bias(y: jax.Array, bias: jax.Array | None) -> jax.Array:
+    """y + bias in y's dtype: oneDNN's float32 results take the float32 bias as it is."""
+    return y if bias is None else y + bias.astype(y.dtype)
 
 
 def _pair(v: int | tuple[int, int]) -> tuple[int, int]:
@@ -174,7 +179,7 @@ class ConvTranspose(Conv):
         kernel, bias = self.kernel_and_bias(x.shape[-1])
         y = conv_transpose(x.astype(self.dtype), kernel, self.stride, self.padding, self.output_padding,
                            self.conv_impl)
-        return y if bias is None else y + bias
+        return _add_bias(y, bias)
 
 
 class BatchNorm(nn.Module):

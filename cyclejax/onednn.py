@@ -10,7 +10,10 @@ together with `jax.custom_vjp`, and `conv_transpose` is the backward-data one. I
 
 oneDNN threads with OpenMP (GNU libgomp), one team per calling thread, as many threads as
 `OMP_NUM_THREADS` or the cores. Float32 and bfloat16 (oneDNN's avx512_core_bf16 and AMX
-kernels where the CPU has them; accumulation in float32).
+kernels where the CPU has them; accumulation in float32). A bfloat16 convolution takes its
+kernel in float32 or bfloat16: a float32 kernel (a parameter, as the networks pass it) is
+rounded to bfloat16 when it is packed, and its gradient comes back in float32 as oneDNN's
+accumulator holds it, not rounded to bfloat16 on the way to the float32 parameter.
 
 The custom calls have no sharding rule: in a jit over several devices, XLA runs each one
 on the whole (gathered) batch. `conv_impl='auto'` therefore takes them only when the
@@ -123,18 +126,20 @@ def _packed_size(kind: int, dtype: str, x_shape, kernel_shape, y_shape, stride: 
     return nbytes // jnp.dtype(dtype).itemsize
 
 
-def _pack(kernel: jax.Array, kind: int, x_shape, y_shape, stride: int, padding) -> jax.Array:
+def _pack(kernel: jax.Array, kind: int, x_shape, y_shape, stride: int, padding, dtype) -> jax.Array:
     """`kernel` (HWIO) reordered into the layout oneDNN's forward or backward-data primitive for
-    this convolution wants (`x_shape` -> `y_shape`, NHWC), as a flat array.
+    this convolution wants (`x_shape` -> `y_shape`, NHWC), as a flat array in the primitive's
+    operand `dtype` (a float32 kernel is rounded to bfloat16 here when `dtype` is bfloat16).
 
     A step applies each generator three times with the same kernels: XLA merges the identical
     packs, so each kernel is reordered once per step and direction instead of at every call
     (torch reorders at every call). Not differentiable: used inside the custom VJPs only.
     """
     _require()
-    size = _packed_size(kind, str(kernel.dtype), tuple(x_shape), tuple(kernel.shape), tuple(y_shape), stride,
+    dtype = jnp.dtype(dtype)
+    size = _packed_size(kind, str(dtype), tuple(x_shape), tuple(kernel.shape), tuple(y_shape), stride,
                         tuple(padding))
-    return jax.ffi.ffi_call("cyclejax_onednn_conv_pack", jax.ShapeDtypeStruct((size,), kernel.dtype))(
+    return jax.ffi.ffi_call("cyclejax_onednn_conv_pack", jax.ShapeDtypeStruct((size,), dtype))(
         kernel, kind=np.int64(kind), stride=np.int64(stride), pad_top=np.int64(padding[0]),
         pad_left=np.int64(padding[1]), x_shape=np.asarray(x_shape, np.int64), y_shape=np.asarray(y_shape, np.int64))
 
@@ -144,14 +149,16 @@ def _pack(kernel: jax.Array, kind: int, x_shape, y_shape, stride: int, padding) 
 # every gradient with them makes the custom calls differentiable to any order (WGAN-GP's
 # penalty differentiates a gradient). `geometry` is (stride, top/left padding, output size).
 # Each returns float32 (oneDNN accumulates in float32; a bfloat16 network's norms then read
-# float32 as torch.autocast's do); cotangents go back in their primal's dtype.
+# float32 as torch.autocast's do); cotangents go back in their primal's dtype. Activations and
+# their cotangents are in the convolution's dtype; a kernel may be float32 in a bfloat16
+# convolution (packed rounded, its cotangent float32).
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _forward(x: jax.Array, kernel: jax.Array, geometry) -> jax.Array:
     stride, padding, out_size = geometry
     out = (x.shape[0], *out_size, kernel.shape[-1])
-    packed = _pack(kernel, _FORWARD, x.shape, out, stride, padding)
+    packed = _pack(kernel, _FORWARD, x.shape, out, stride, padding, x.dtype)
     return _call("cyclejax_onednn_conv_forward", out, x, packed, stride, padding, kernel.shape, packed=True)
 
 
@@ -172,7 +179,7 @@ _forward.defvjp(_forward_fwd, _forward_bwd)
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def _backward_data(dy: jax.Array, kernel: jax.Array, geometry, x_shape: tuple[int, ...]) -> jax.Array:
     stride, padding, _ = geometry
-    packed = _pack(kernel, _BACKWARD_DATA, x_shape, dy.shape, stride, padding)
+    packed = _pack(kernel, _BACKWARD_DATA, x_shape, dy.shape, stride, padding, dy.dtype)
     return _call("cyclejax_onednn_conv_backward_data", x_shape, dy, packed, stride, padding, kernel.shape, packed=True)
 
 
@@ -202,7 +209,6 @@ def _backward_weights_fwd(x, dy, geometry, kernel_shape):
 
 def _backward_weights_bwd(geometry, kernel_shape, saved, ddk):
     x, dy = saved
-    ddk = ddk.astype(x.dtype)
     return (_backward_data(dy, ddk, geometry, x.shape).astype(x.dtype),
             _forward(x, ddk, geometry).astype(dy.dtype))
 
@@ -212,11 +218,12 @@ _backward_weights.defvjp(_backward_weights_fwd, _backward_weights_bwd)
 
 def conv2d(x: jax.Array, kernel: jax.Array, stride: int, padding: tuple[int, int]) -> jax.Array:
     """`F.conv2d` without bias: NHWC `x`, (kh, kw, in, out) `kernel`, zero `padding` (h, w),
-    x and kernel of one dtype (float32 or bfloat16); the result is float32."""
+    x in float32 or bfloat16, the kernel in x's dtype or float32 (see the module docstring);
+    the result is float32."""
     _require()
-    if x.dtype != kernel.dtype or x.dtype not in (jnp.float32, jnp.bfloat16):
-        raise TypeError(f"oneDNN convolutions take float32 or bfloat16 inputs of one dtype, got {x.dtype} "
-                        f"and {kernel.dtype}")
+    if x.dtype not in (jnp.float32, jnp.bfloat16) or kernel.dtype not in (x.dtype, jnp.float32):
+        raise TypeError(f"oneDNN convolutions take float32 or bfloat16 inputs and a kernel of their dtype or "
+                        f"float32, got {x.dtype} and {kernel.dtype}")
     kh, kw = kernel.shape[:2]
     ph, pw = padding
     # Rows and columns that no window reaches (a stride that does not divide the size) are

@@ -219,10 +219,42 @@ def test_onednn_convolution_and_gradients_equal_xla(kernel, stride, padding, siz
 @pytest.mark.skipif(not onednn.available(), reason=f"oneDNN: {onednn.unavailable_reason()}")
 def test_onednn_convolution_rejects_mixed_dtypes():
     x = jnp.zeros((1, 4, 4, 2), jnp.float32)
-    with pytest.raises(TypeError, match="float32 or bfloat16 inputs of one dtype"):
+    with pytest.raises(TypeError, match="a kernel of their dtype or float32, got float32 and bfloat16"):
         onednn.conv2d(x, jnp.zeros((3, 3, 2, 2), jnp.bfloat16), 1, (1, 1))
     with pytest.raises(ValueError, match="needs an input of at least that size"):
         onednn.conv2d(x, jnp.zeros((7, 7, 2, 2), jnp.float32), 1, (0, 0))
+
+
+@pytest.mark.skipif(not onednn.available(), reason=f"oneDNN: {onednn.unavailable_reason()}")
+def test_bfloat16_convolution_returns_the_float32_kernel_gradient_unrounded():
+    """A float32 kernel in a bfloat16 convolution: the same function as the kernel rounded
+    first, but its gradient is oneDNN's float32 accumulator, not that rounded to bfloat16."""
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.normal(size=(1, 9, 9, 8)), jnp.bfloat16)
+    k32 = jnp.asarray(rng.normal(size=(3, 3, 8, 16)) / 9, jnp.float32)
+    dy = jnp.asarray(rng.normal(size=(1, 5, 5, 16)), jnp.float32)
+
+    def run(k):
+        y, vjp = jax.vjp(lambda x, k: onednn.conv2d(x, k, 2, (1, 1)), x, k)
+        return (y, *vjp(dy))
+
+    y32, dx32, dk32 = jax.jit(run)(k32)
+    y16, dx16, dk16 = jax.jit(run)(k32.astype(jnp.bfloat16))
+    assert (y32.dtype, dx32.dtype, dk32.dtype) == (jnp.float32, jnp.bfloat16, jnp.float32)
+    np.testing.assert_array_equal(np.asarray(y32), np.asarray(y16))
+    np.testing.assert_array_equal(np.asarray(dx32, np.float32), np.asarray(dx16, np.float32))
+    # The bfloat16 kernel's gradient is the float32 one rounded; most entries carry more bits.
+    np.testing.assert_array_equal(np.asarray(dk32.astype(jnp.bfloat16), np.float32), np.asarray(dk16, np.float32))
+    assert np.mean(np.asarray(dk32) != np.asarray(dk32.astype(jnp.bfloat16), np.float32)) > 0.9
+
+    # The same through the layer: a bfloat16 Conv's kernel gradient reaches the parameter unrounded.
+    conv = layers.Conv(16, 3, stride=2, padding=1, dtype=jnp.bfloat16, conv_impl="onednn")
+    params = conv.init(jax.random.key(0), x.astype(jnp.float32))
+    grad = jax.jit(jax.grad(lambda p: jnp.sum(conv.apply(p, x) * dy)))(params)["params"]
+    np.testing.assert_array_equal(np.asarray(grad["kernel"]),
+                                  np.asarray(run(params["params"]["kernel"])[2]))
+    bias_grad = np.asarray(jnp.sum(dy, axis=(0, 1, 2)))  # float32 sums; bfloat16 would be 2^-9 off
+    np.testing.assert_allclose(np.asarray(grad["bias"]), bias_grad, atol=1e-6 * np.abs(bias_grad).max())
 
 
 @pytest.mark.skipif(not onednn.available(), reason=f"oneDNN: {onednn.unavailable_reason()}")
@@ -266,7 +298,8 @@ def test_onednn_packs_each_kernel_once_per_direction():
 @pytest.mark.skipif(not onednn.available(), reason=f"oneDNN: {onednn.unavailable_reason()}")
 def test_onednn_refuses_a_packed_kernel_of_another_convolution():
     x = jnp.ones((1, 8, 8, 4), jnp.float32)
-    wrong = onednn._pack(jnp.ones((3, 3, 4, 4), jnp.float32), onednn._FORWARD, (1, 8, 8, 4), (1, 8, 8, 4), 1, (1, 1))
+    wrong = onednn._pack(jnp.ones((3, 3, 4, 4), jnp.float32), onednn._FORWARD, (1, 8, 8, 4), (1, 8, 8, 4), 1, (1, 1),
+                           jnp.float32)
     with pytest.raises(Exception, match="packed kernel's size does not match"):
         onednn._call("cyclejax_onednn_conv_forward", (1, 8, 8, 32), x, wrong, 1, (1, 1), (3, 3, 4, 32),
                      packed=True).block_until_ready()

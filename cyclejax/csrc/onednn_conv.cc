@@ -60,6 +60,9 @@ struct Slot {
   dnnl::memory::desc user, wanted;
   dnnl::primitive reorder;  // user -> wanted for inputs, wanted -> user for the result
   bool reordered = false;
+  // A bfloat16 primitive's kernel: float32 HWIO -> wanted, rounding (CyclejaxConvPack).
+  dnnl::memory::desc user_f32;
+  dnnl::primitive from_f32;
 };
 
 struct Plan {
@@ -124,6 +127,10 @@ std::unique_ptr<Plan> MakePlan(const Key& k) {
   }
   for (Slot& slot : plan->slots) {
     slot.reordered = slot.wanted != slot.user;
+    if (slot.buffer == 1 && kind != kBackwardWeights && dt != f32) {
+      slot.user_f32 = dnnl::memory::desc({o, c, kh, kw}, f32, tag::hwio);
+      slot.from_f32 = dnnl::reorder(dnnl::reorder::primitive_desc(eng, slot.user_f32, eng, slot.wanted));
+    }
     if (!slot.reordered) continue;
     slot.reorder = slot.buffer == 2 ? dnnl::reorder(dnnl::reorder::primitive_desc(eng, slot.wanted, eng, slot.user))
                                     : dnnl::reorder(dnnl::reorder::primitive_desc(eng, slot.user, eng, slot.wanted));
@@ -257,21 +264,29 @@ const Slot& KernelSlot(int64_t kind, ffi::DataType type, const int64_t* x_nhwc, 
 
 ffi::Error Pack(ffi::AnyBuffer w, ffi::Result<ffi::AnyBuffer> packed, int64_t kind, int64_t stride, int64_t pad_top,
                 int64_t pad_left, ffi::Span<const int64_t> x_nhwc, ffi::Span<const int64_t> y_nhwc) {
+  // The packed kernel is in the primitive's operand dtype; a float32 kernel packed for a
+  // bfloat16 primitive is rounded on the way (its gradient then stays float32).
   const auto wd = w.dimensions();
+  const auto type = packed->element_type();
+  const bool rounds = w.element_type() == ffi::DataType::F32 && type == ffi::DataType::BF16;
   if ((kind != kForward && kind != kBackwardData) || wd.size() != 4 || x_nhwc.size() != 4 || y_nhwc.size() != 4 ||
-      packed->element_type() != w.element_type()) {
-    return ffi::Error(ffi::ErrorCode::kInvalidArgument, "cyclejax onednn pack: bad kind or shapes");
+      (w.element_type() != type && !rounds)) {
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument, "cyclejax onednn pack: bad kind, shapes or dtypes");
   }
   try {
-    const Slot& slot = KernelSlot(kind, w.element_type(), x_nhwc.begin(), wd.begin(), y_nhwc.begin(), stride,
-                                  pad_top, pad_left);
+    const Slot& slot = KernelSlot(kind, type, x_nhwc.begin(), wd.begin(), y_nhwc.begin(), stride, pad_top, pad_left);
     if (static_cast<size_t>(packed->size_bytes()) != slot.wanted.get_size()) {
       return ffi::Error(ffi::ErrorCode::kInvalidArgument, "cyclejax onednn pack: result size mismatch");
     }
     auto& eng = Engine();
     thread_local dnnl::stream stream(eng);
-    dnnl::memory user(slot.user, eng, w.untyped_data()), wanted(slot.wanted, eng, packed->untyped_data());
-    if (slot.reordered) {
+    dnnl::memory wanted(slot.wanted, eng, packed->untyped_data());
+    if (rounds) {
+      dnnl::memory user(slot.user_f32, eng, w.untyped_data());
+      slot.from_f32.execute(stream, {{DNNL_ARG_FROM, user}, {DNNL_ARG_TO, wanted}});
+      stream.wait();
+    } else if (slot.reordered) {
+      dnnl::memory user(slot.user, eng, w.untyped_data());
       slot.reorder.execute(stream, {{DNNL_ARG_FROM, user}, {DNNL_ARG_TO, wanted}});
       stream.wait();
     } else {
