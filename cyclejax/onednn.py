@@ -9,7 +9,10 @@ together with `jax.custom_vjp`, and `conv_transpose` is the backward-data one. I
 `onednn-cpu-gomp` runtime, `conv_impl='auto'` falls back to the pure-JAX forms.
 
 oneDNN threads with OpenMP (GNU libgomp), one team per calling thread, as many threads as
-`OMP_NUM_THREADS` or the cores. Float32 and bfloat16 (oneDNN's avx512_core_bf16 and AMX
+`OMP_NUM_THREADS` or the cores. XLA:CPU runs independent operations concurrently; the
+handlers let one convolution of 20 MFLOP or more run at a time (two OpenMP teams as wide
+as the machine slowed each other down: the reasons and numbers are in
+`cyclejax/csrc/onednn_conv.cc`), smaller ones run beside it. Float32 and bfloat16 (oneDNN's avx512_core_bf16 and AMX
 kernels where the CPU has them; accumulation in float32). A bfloat16 convolution takes its
 kernel in float32 or bfloat16: a float32 kernel (a parameter, as the networks pass it) is
 rounded to bfloat16 when it is packed, and its gradient comes back in float32 as oneDNN's
@@ -86,6 +89,8 @@ def _load() -> str | None:
     library.CyclejaxConvPackedBytes.argtypes = (ctypes.c_int64, ctypes.c_int64, shape, shape, shape,
                                                 ctypes.c_int64, ctypes.c_int64, ctypes.c_int64)
     library.CyclejaxConvPackedBytes.restype = ctypes.c_int64
+    library.CyclejaxConvPeakConcurrency.argtypes = (ctypes.c_int64,)
+    library.CyclejaxConvPeakConcurrency.restype = ctypes.c_int64
     _library = library
     return None
 
@@ -98,6 +103,12 @@ def available() -> bool:
 def unavailable_reason() -> str | None:
     """Why `available()` is False (None when it is True)."""
     return _load()
+
+
+def peak_concurrency(reset: bool = False) -> int:
+    """The most convolution calls that ran at once since the last reset (`reset` starts anew)."""
+    _require()
+    return int(_library.CyclejaxConvPeakConcurrency(int(reset)))
 
 
 def _require() -> None:

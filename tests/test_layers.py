@@ -296,6 +296,31 @@ def test_onednn_packs_each_kernel_once_per_direction():
 
 
 @pytest.mark.skipif(not onednn.available(), reason=f"oneDNN: {onednn.unavailable_reason()}")
+def test_onednn_runs_one_large_convolution_at_a_time():
+    """XLA runs 32 independent convolutions on its threads: those of 20 MFLOP or more one at
+    a time (two OpenMP teams on the same cores slow each other down), smaller ones side by
+    side (which also shows that the counter sees calls overlap)."""
+    def peaks(size, channels, runs):
+        rng = np.random.default_rng(0)
+        xs = jnp.asarray(rng.normal(size=(32, 1, size, size, channels)), jnp.float32)
+        ks = jnp.asarray(rng.normal(size=(32, 3, 3, channels, channels)) / 30, jnp.float32)
+        f = jax.jit(lambda xs, ks: [onednn.conv2d(xs[i], ks[i], 1, (1, 1)) for i in range(32)])
+        jax.block_until_ready(f(xs, ks))
+        seen = []
+        for _ in range(runs):
+            onednn.peak_concurrency(reset=True)
+            jax.block_until_ready(f(xs, ks))
+            seen.append(onednn.peak_concurrency())
+            if seen[-1] > 1 and size < 32:
+                break
+        return seen
+
+    assert 2 * 64 * 64 * 64 * 64 * 9 / 1e6 > 20 and 2 * 16 * 16 * 16 * 16 * 9 / 1e6 < 20
+    assert set(peaks(64, 64, 10)) == {1}
+    assert max(peaks(16, 16, 50)) >= 2
+
+
+@pytest.mark.skipif(not onednn.available(), reason=f"oneDNN: {onednn.unavailable_reason()}")
 def test_onednn_refuses_a_packed_kernel_of_another_convolution():
     x = jnp.ones((1, 8, 8, 4), jnp.float32)
     wrong = onednn._pack(jnp.ones((3, 3, 4, 4), jnp.float32), onednn._FORWARD, (1, 8, 8, 4), (1, 8, 8, 4), 1, (1, 1),

@@ -13,6 +13,7 @@
 // then reorders each kernel once per step and direction, not at every call (the reorders
 // were an eighth of oneDNN's time in the 128x128 step, and torch does them at every call).
 #include <array>
+#include <atomic>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -153,6 +154,44 @@ Key MakeKey(Kind kind, ffi::DataType type, const int64_t* x_nhwc, const int64_t*
              hwio[0], hwio[1], y_nhwc[1], y_nhwc[2], stride, pad_top, pad_left};
 }
 
+// One convolution at a time, for all but the smallest. XLA:CPU runs independent thunks
+// concurrently, and each oneDNN call brings an OpenMP team as wide as the machine: two
+// calls at once put two teams on the same cores, and each team's barriers then wait for
+// threads the other one holds. On the 2-core AMD EPYC a process-wide lock made the 128x128
+// bfloat16 step 1.11-1.24 s -> 0.84-0.92 s (float32 and 256x256: the same or faster); for
+// the 64x64 quick-start model, whose convolutions are all below 20 MFLOP, locking them cost
+// 5-10 %. CYCLEJAX_ONEDNN_SERIAL_MFLOP overrides the limit for measurements (negative:
+// never lock).
+double SerialMflop() {
+  static const double limit = [] {
+    const char* env = std::getenv("CYCLEJAX_ONEDNN_SERIAL_MFLOP");
+    return env ? std::atof(env) : 20.0;
+  }();
+  return limit;
+}
+
+double Mflop(const Key& k) {  // 2 * n * o * oh * ow * c * kh * kw
+  return 2.0 * k[2] * k[6] * k[9] * k[10] * k[3] * k[7] * k[8] / 1e6;
+}
+
+std::mutex& SerialMutex() {
+  static std::mutex mu;
+  return mu;
+}
+
+// Calls inside the handler now and the most seen at once (CyclejaxConvPeakConcurrency).
+std::atomic<int> in_flight{0}, peak_in_flight{0};
+
+struct InFlight {
+  InFlight() {
+    const int now = ++in_flight;
+    int peak = peak_in_flight.load();
+    while (now > peak && !peak_in_flight.compare_exchange_weak(peak, now)) {
+    }
+  }
+  ~InFlight() { --in_flight; }
+};
+
 // 64-byte aligned memory for one call.
 struct Buffer {
   explicit Buffer(size_t bytes) : ptr(bytes ? std::aligned_alloc(64, (bytes + 63) / 64 * 64) : nullptr) {}
@@ -194,6 +233,10 @@ ffi::Error Run(Kind kind, ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::AnyBuffer out
                       "cyclejax onednn conv: output size does not match input size, kernel, stride and padding");
   }
   const Key key = MakeKey(kind, type, xd.begin(), wd, yd.begin(), stride, pad_top, pad_left);
+  std::unique_lock<std::mutex> serial(SerialMutex(), std::defer_lock);
+  const double limit = SerialMflop();
+  if (limit >= 0 && Mflop(key) >= limit) serial.lock();
+  InFlight counted;
   try {
     const Plan& plan = GetPlan(key);
     if (packed && static_cast<size_t>(wb.size_bytes()) != plan.slots[1].wanted.get_size()) {
@@ -325,6 +368,13 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(CyclejaxConvPack, Pack,
                                   .Attr<int64_t>("pad_left")
                                   .Attr<ffi::Span<const int64_t>>("x_shape")
                                   .Attr<ffi::Span<const int64_t>>("y_shape"));
+
+// The most convolution calls that were inside the handlers at once since the last reset.
+int64_t CyclejaxConvPeakConcurrency(int64_t reset) {
+  const int64_t peak = peak_in_flight.load();
+  if (reset) peak_in_flight.store(0);
+  return peak;
+}
 
 // Bytes of the packed kernel for that convolution (ctypes, at trace time); -1 if oneDNN
 // cannot build the primitive. `bf16`: 0 float32, 1 bfloat16.
