@@ -12,8 +12,9 @@ oneDNN threads with OpenMP (GNU libgomp), one team per calling thread, as many t
 `OMP_NUM_THREADS` or the cores. XLA:CPU runs independent operations concurrently; the
 handlers let one convolution of 20 MFLOP or more run at a time (two OpenMP teams as wide
 as the machine slowed each other down: the reasons and numbers are in
-`cyclejax/csrc/onednn_conv.cc`), smaller ones run beside it. Float32 and bfloat16 (oneDNN's avx512_core_bf16 and AMX
-kernels where the CPU has them; accumulation in float32). A bfloat16 convolution takes its
+`cyclejax/csrc/onednn_conv.cc`), smaller ones run beside it. Float32 and bfloat16
+(oneDNN's avx512_core_bf16 and AMX kernels where the CPU has them; accumulation in
+float32). A bfloat16 convolution takes its
 kernel in float32 or bfloat16: a float32 kernel (a parameter, as the networks pass it) is
 rounded to bfloat16 when it is packed, and its gradient comes back in float32 as oneDNN's
 accumulator holds it, not rounded to bfloat16 on the way to the float32 parameter.

@@ -6,7 +6,8 @@
 // does), and every operand whose layout differs is reordered in a temporary on each call
 // (activations where `Blocked` says; kernels unless they come packed). Primitives and
 // reorders are built once per shape and kept; each call brings its own scratchpad and
-// temporaries, so concurrent calls from XLA's threads share nothing but the immutable plans.
+// temporaries, so concurrent calls from XLA's threads share nothing but the immutable plans
+// (large calls still run one at a time: see SerialMflop).
 //
 // A kernel can be packed once into the layout a forward or backward-data primitive wants
 // (`CyclejaxConvPack`) and handed to it packed: a generator applied three times in a step
