@@ -63,7 +63,8 @@ def benchmark(netG: str, netD: str, size: int, batch: int, dtype: str, ngf: int,
     data = parallel.shard_batch(batch_np, mesh)
 
     t0 = time.perf_counter()
-    compiled = train_step.jit_train_step(model, mesh).lower(state, data).compile()
+    options = train_step.compiler_options(model, shape, shape, batch // jax.device_count())
+    compiled = train_step.jit_train_step(model, mesh, options).lower(state, data).compile()
     compile_s = time.perf_counter() - t0
     flops = compiled_flops(compiled)
     if convolution.resolve(conv_impl) == "onednn":
@@ -89,7 +90,7 @@ def benchmark(netG: str, netD: str, size: int, batch: int, dtype: str, ngf: int,
     s_per_step = statistics.median(times)
     return {
         "netG": netG, "netD": netD, "size": size, "batch": batch, "dtype": dtype, "ngf": ngf, "ndf": ndf,
-        "conv_impl": convolution.resolve(conv_impl),
+        "conv_impl": convolution.resolve(conv_impl), "compiler_options": options,
         "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}", "host": platform.node(), "cpu": cpu_model(),
         "s_per_step": s_per_step, "compile_s": compile_s, "img_per_s": batch / s_per_step,
         "tflop_per_step": flops / 1e12, "gflops_per_s": flops / s_per_step / 1e9,

@@ -31,6 +31,7 @@ import functools
 import importlib.metadata
 import importlib.util
 from pathlib import Path
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -92,6 +93,8 @@ def _load() -> str | None:
     library.CyclejaxConvPackedBytes.restype = ctypes.c_int64
     library.CyclejaxConvPeakConcurrency.argtypes = (ctypes.c_int64,)
     library.CyclejaxConvPeakConcurrency.restype = ctypes.c_int64
+    library.CyclejaxConvSerialMflop.argtypes = ()
+    library.CyclejaxConvSerialMflop.restype = ctypes.c_double
     _library = library
     return None
 
@@ -112,6 +115,32 @@ def peak_concurrency(reset: bool = False) -> int:
     return int(_library.CyclejaxConvPeakConcurrency(int(reset)))
 
 
+def serial_limit_mflop() -> float:
+    """The size (MFLOP) from which a convolution waits for the others to finish; negative: none
+    waits (`CYCLEJAX_ONEDNN_SERIAL_MFLOP`, default 20)."""
+    _require()
+    return float(_library.CyclejaxConvSerialMflop())
+
+
+def largest_mflop(fn: Callable[..., Any], *args: Any) -> float:
+    """The largest of the convolutions `fn(*args)` calls, in MFLOP (0 if none), traced
+    abstractly (`args` may be `jax.ShapeDtypeStruct`s).
+
+    Forward, backward-data and backward-weights calls of one convolution do the same number
+    of products, so the forward pass tells the size of the backward one's calls too.
+    """
+    global _traced
+    outer, _traced = _traced, []
+    try:
+        jax.eval_shape(fn, *args)
+        return max(_traced, default=0.0)
+    finally:
+        _traced = outer
+
+
+_traced: list[float] | None = None  # MFLOP of the calls traced inside `largest_mflop`
+
+
 def _require() -> None:
     reason = _load()
     if reason is not None:
@@ -123,6 +152,11 @@ def _call(target: str, shape: tuple[int, ...], a: jax.Array, b: jax.Array, strid
     """One custom call: operands of one dtype (float32 or bfloat16), a float32 result; with
     `packed`, `b` is a kernel of HWIO shape `kernel_shape` packed by `_pack`."""
     _require()  # registers the handlers before XLA compiles a call to them
+    if _traced is not None:
+        # 2 * (output elements) * kh * kw * in channels, as the handler counts it.
+        y_shape = shape if target == "cyclejax_onednn_conv_forward" else (
+            a.shape if target == "cyclejax_onednn_conv_backward_data" else b.shape)
+        _traced.append(2.0 * np.prod(y_shape) * np.prod(kernel_shape[:3]) / 1e6)
     return jax.ffi.ffi_call(target, jax.ShapeDtypeStruct(shape, jnp.float32))(
         a, b, stride=np.int64(stride), pad_top=np.int64(padding[0]), pad_left=np.int64(padding[1]),
         kernel=np.asarray(kernel_shape, np.int64), packed=np.int64(packed))

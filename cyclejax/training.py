@@ -72,7 +72,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: storage.PathL
         if is_main:
             print(f"resumed from step {int(state.step)} in {workdir}", flush=True)
     start = int(state.step)
-    step_fn = train_step.jit_train_step(model, mesh)
+    options = train_step.compiler_options(model, sample_batch["A"].shape[1:], sample_batch["B"].shape[1:],
+                                          config.batch_size // jax.device_count())
+    step_fn = train_step.jit_train_step(model, mesh, options)
 
     batches = input_pipeline.train_batches(train_A, train_B, config, start, jax.process_index(), jax.process_count())
     progress = Progress(workdir, start, total, spe, enabled=is_main)

@@ -34,8 +34,8 @@ def _arm(moment: str) -> None:
     if kind == "step":
         jit_step = cyclejax.train_step.jit_train_step
 
-        def patched_jit(model, mesh):
-            step_fn = jit_step(model, mesh)
+        def patched_jit(model, mesh, options=None):
+            step_fn = jit_step(model, mesh, options)
 
             def stepped(state, batch):
                 out = step_fn(state, batch)

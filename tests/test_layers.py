@@ -1,5 +1,6 @@
 """Each layer of cyclejax.layers against torch.nn's own layer on random input."""
 import functools
+import os
 import re
 
 import jax
@@ -331,3 +332,22 @@ def test_onednn_refuses_a_packed_kernel_of_another_convolution():
     with pytest.raises(Exception, match="packed kernel's size does not match"):
         onednn._call("cyclejax_onednn_conv_forward", (1, 8, 8, 32), x, wrong, 1, (1, 1), (3, 3, 4, 32),
                      packed=True).block_until_ready()
+
+
+@pytest.mark.skipif(not onednn.available(), reason=f"oneDNN: {onednn.unavailable_reason()}")
+def test_largest_mflop_counts_the_convolutions_as_the_lock_does():
+    """2 * output elements * kh * kw * input channels, for strided and transposed convolutions
+    too, from an abstract trace (no computation); 20 MFLOP is the default limit."""
+    def net(x, k1, k2):
+        h = onednn.conv2d(x, k1, 2, (1, 1))  # (2, 16, 16, 32) from 3x3x8: 2*2*16*16*32*72 = 2.36 MFLOP
+        # (2, 32, 32, 64): the input gradient of a 3x3 convolution 64 -> 32 channels to 16x16,
+        # as many products as that one: 2*2*16*16*32*3*3*64 = 18.9 MFLOP.
+        return onednn.conv_transpose(h, k2, 2, 1, 1)
+    spec = lambda *s: jax.ShapeDtypeStruct(s, jnp.float32)  # noqa: E731
+    mflop = onednn.largest_mflop(net, spec(2, 32, 32, 8), spec(3, 3, 8, 32), spec(3, 3, 32, 64))
+    assert mflop == pytest.approx(2 * 2 * 16 * 16 * 32 * 3 * 3 * 64 / 1e6)
+    assert onednn.largest_mflop(lambda x, k: onednn.conv2d(x, k, 2, (1, 1)), spec(2, 32, 32, 8),
+                                spec(3, 3, 8, 32)) == pytest.approx(2 * 2 * 16 * 16 * 32 * 3 * 3 * 8 / 1e6)
+    assert onednn.largest_mflop(lambda x: jnp.sin(x), spec(4)) == 0.0
+    if "CYCLEJAX_ONEDNN_SERIAL_MFLOP" not in os.environ:
+        assert onednn.serial_limit_mflop() == 20.0

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from cyclejax import model as model_lib
-from cyclejax import parallel, train_state, train_step
+from cyclejax import onednn, parallel, train_state, train_step
 from cyclejax.losses import METRICS
 from tests import conftest
 from tests.conftest import impls
@@ -207,3 +207,38 @@ def test_wgangp_batch_norm_step_adds_the_penalty_and_updates_running_statistics(
     after = np.asarray(jax.device_get(new_state.batch_stats["G_A"]["model_2"]["mean"]))
     assert not np.allclose(before, after)
     assert new_state.pool_A.images.shape[0] == 0
+
+
+@pytest.mark.skipif(not onednn.available(), reason=f"oneDNN: {onednn.unavailable_reason()}")
+def test_compiler_options_take_the_memory_scheduler_where_convolutions_take_the_lock(monkeypatch):
+    """The tiny model's convolutions are all below the lock's 20 MFLOP at 32x32 (its largest,
+    the 7x7 layers from and to 3 channels with ngf = 4, are 2 * 32² * 4 * 3 * 49 = 1.2 MFLOP
+    a sample): XLA's defaults. At 256x256 those are 77 MFLOP: the memory-minimising
+    scheduler. Without the lock, or without oneDNN, no change."""
+    assert 2 * 32**2 * 4 * 3 * 49 * 2 / 1e6 < 20 < 2 * 256**2 * 4 * 3 * 49 / 1e6
+    model = model_lib.build(tiny_config(conv_impl="onednn"), steps_per_epoch=10)
+    memory = {"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"}
+    assert train_step.compiler_options(model, (SIZE, SIZE, 3), (SIZE, SIZE, 3), 2) == {}
+    assert train_step.compiler_options(model, (256, 256, 3), (256, 256, 3), 1) == memory
+    monkeypatch.setattr(onednn, "serial_limit_mflop", lambda: -1.0)
+    assert train_step.compiler_options(model, (256, 256, 3), (256, 256, 3), 1) == {}
+    xla = model_lib.build(tiny_config(conv_impl="xla"), steps_per_epoch=10)
+    assert train_step.compiler_options(xla, (256, 256, 3), (256, 256, 3), 1) == {}
+
+
+def test_the_memory_scheduler_changes_no_number():
+    """The scheduler orders the same computations: one step gives bit for bit the same state
+    (and the option does reach XLA: the programs' temporary buffers differ)."""
+    model = model_lib.build(tiny_config(), steps_per_epoch=10)
+    state = jax.device_get(train_state.create(model, 0, (SIZE, SIZE, 3), (SIZE, SIZE, 3)))
+    mesh = parallel.make_mesh(jax.devices()[:1])
+    results, temp = [], []
+    for options in (None, {"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"}):
+        args = parallel.replicate(state, mesh), parallel.shard_batch(_batch(0), mesh)
+        compiled = train_step.jit_train_step(model, mesh, options).lower(*args).compile()
+        temp.append(compiled.memory_analysis().temp_size_in_bytes)
+        results.append(jax.tree_util.tree_leaves(jax.device_get(compiled(*args))))
+    assert temp[0] != temp[1]
+    assert len(results[0]) == len(results[1])
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)

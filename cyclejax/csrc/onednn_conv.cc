@@ -377,6 +377,9 @@ int64_t CyclejaxConvPeakConcurrency(int64_t reset) {
   return peak;
 }
 
+// The size (MFLOP) from which a convolution takes the lock; negative: none does.
+double CyclejaxConvSerialMflop() { return SerialMflop(); }
+
 // Bytes of the packed kernel for that convolution (ctypes, at trace time); -1 if oneDNN
 // cannot build the primitive. `bf16`: 0 float32, 1 bfloat16.
 int64_t CyclejaxConvPackedBytes(int64_t kind, int64_t bf16, const int64_t* x_nhwc, const int64_t* hwio,
