@@ -168,29 +168,35 @@ def make_train_step(model: CycleGAN) -> StepFn:
     return train_step
 
 
+# The size of a convolution (MFLOP, per device) from which the step takes XLA's memory-
+# minimising scheduler on CPU (`compiler_options`): the ResNet blocks' take 4,832 at 256x256
+# and 1,208 at 128x128.
+MEMORY_SCHEDULER_MFLOP = 2500.0
+
+
 def compiler_options(model: CycleGAN, shape_A: tuple[int, int, int], shape_B: tuple[int, int, int],
                      per_device_batch: int) -> dict[str, str]:
     """XLA options for `model`'s step on (H, W, C) images, `per_device_batch` on each device.
 
-    On CPU, when some of the step's oneDNN convolutions are large enough to run one at a
-    time (`onednn.serial_limit_mflop`), XLA's memory-minimising scheduler instead of its
-    default, which orders the program for concurrency: those convolutions cannot overlap,
-    and what XLA runs beside one of them slows it down, its OpenMP team holding every core
-    (at 256² in bfloat16 the ResNet blocks' forward convolutions took 5.6 ms a call with
-    the default order, 4.9 with this one and 4.7 in torch). Measured on the 2-core AMD
-    EPYC (experiments/bench/README.md): the bfloat16 step 6.6 % faster at 256², the float32
-    one as fast with 8 % less memory; with the quick-start model, none of whose
-    convolutions is that large, it cost 3-7 %, so there the default stays. Elsewhere
-    (GPU, TPU, XLA's own convolutions): no options.
+    On CPU, when the step's oneDNN convolutions run one at a time (`cyclejax.onednn`) and the
+    largest takes `MEMORY_SCHEDULER_MFLOP` or more, XLA's memory-minimising scheduler instead
+    of its default, which orders the program for concurrency: those convolutions cannot
+    overlap, and what XLA runs beside one slows it down, its OpenMP team holding every core
+    (at 256x256 in bfloat16 the ResNet blocks' forward convolutions took 5.6 ms a call in
+    the default order, 4.9 in this one, 4.7 in torch). Measured on the 2-core AMD EPYC
+    (experiments/bench/README.md), in interleaved runs: at 256x256 the bfloat16 step
+    3.9 % faster over 16 rounds (0.2-6.6 % in three runs of 4-6), the float32 one as fast with 8 % less memory; at 128x128 the bfloat16
+    step 4.6 % slower (its convolutions are a quarter as long, and running XLA's work
+    beside them pays more there), so the default stays below the limit, and for the
+    quick-start model. Elsewhere (GPU, TPU, XLA's own convolutions): no options.
     """
-    if jax.default_backend() != "cpu" or not onednn.available():
+    if jax.default_backend() != "cpu" or not onednn.available() or onednn.serial_limit_mflop() < 0:
         return {}
-    limit = onednn.serial_limit_mflop()
     inputs = {"G_A": shape_A, "G_B": shape_B, "D_A": shape_B, "D_B": shape_A}
     largest = max(onednn.largest_mflop(lambda x, net=getattr(model, name): net.init(jax.random.key(0), x, train=False),
                                        jax.ShapeDtypeStruct((per_device_batch, *shape), jnp.float32))
                   for name, shape in inputs.items())
-    if limit < 0 or largest < limit:
+    if largest < max(MEMORY_SCHEDULER_MFLOP, onednn.serial_limit_mflop()):
         return {}
     return {"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"}
 

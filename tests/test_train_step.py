@@ -210,20 +210,22 @@ def test_wgangp_batch_norm_step_adds_the_penalty_and_updates_running_statistics(
 
 
 @pytest.mark.skipif(not onednn.available(), reason=f"oneDNN: {onednn.unavailable_reason()}")
-def test_compiler_options_take_the_memory_scheduler_where_convolutions_take_the_lock(monkeypatch):
-    """The tiny model's convolutions are all below the lock's 20 MFLOP at 32x32 (its largest,
-    the 7x7 layers from and to 3 channels with ngf = 4, are 2 * 32² * 4 * 3 * 49 = 1.2 MFLOP
-    a sample): XLA's defaults. At 256x256 those are 77 MFLOP: the memory-minimising
-    scheduler. Without the lock, or without oneDNN, no change."""
-    assert 2 * 32**2 * 4 * 3 * 49 * 2 / 1e6 < 20 < 2 * 256**2 * 4 * 3 * 49 / 1e6
+def test_compiler_options_take_the_memory_scheduler_for_large_convolutions(monkeypatch):
+    """The tiny model's largest convolutions, the 7x7 layers from and to 3 channels with
+    ngf = 4, take 2 * 256² * 4 * 3 * 49 = 77 MFLOP a sample at 256x256: XLA's defaults for a
+    batch of 2, the memory-minimising scheduler for a batch of 33 per device (2,545 MFLOP).
+    Without the lock, or without oneDNN, no change."""
+    mflop = 2 * 256**2 * 4 * 3 * 49 / 1e6
+    assert 2 * mflop < train_step.MEMORY_SCHEDULER_MFLOP <= 33 * mflop
     model = model_lib.build(tiny_config(conv_impl="onednn"), steps_per_epoch=10)
     memory = {"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"}
-    assert train_step.compiler_options(model, (SIZE, SIZE, 3), (SIZE, SIZE, 3), 2) == {}
-    assert train_step.compiler_options(model, (256, 256, 3), (256, 256, 3), 1) == memory
-    monkeypatch.setattr(onednn, "serial_limit_mflop", lambda: -1.0)
-    assert train_step.compiler_options(model, (256, 256, 3), (256, 256, 3), 1) == {}
+    shape = (256, 256, 3)
+    assert train_step.compiler_options(model, shape, shape, 2) == {}
+    assert train_step.compiler_options(model, shape, shape, 33) == memory
     xla = model_lib.build(tiny_config(conv_impl="xla"), steps_per_epoch=10)
-    assert train_step.compiler_options(xla, (256, 256, 3), (256, 256, 3), 1) == {}
+    assert train_step.compiler_options(xla, shape, shape, 33) == {}
+    monkeypatch.setattr(onednn, "serial_limit_mflop", lambda: -1.0)
+    assert train_step.compiler_options(model, shape, shape, 33) == {}
 
 
 def test_the_memory_scheduler_changes_no_number():
