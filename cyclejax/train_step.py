@@ -183,12 +183,13 @@ def compiler_options(model: CycleGAN, shape_A: tuple[int, int, int], shape_B: tu
     of its default, which orders the program for concurrency: those convolutions cannot
     overlap, and what XLA runs beside one slows it down, its OpenMP team holding every core
     (at 256x256 in bfloat16 the ResNet blocks' forward convolutions took 5.6 ms a call in
-    the default order, 4.9 in this one, 4.7 in torch). Measured on the 2-core AMD EPYC
-    (experiments/bench/README.md), in interleaved runs: at 256x256 the bfloat16 step
-    3.9 % faster over 16 rounds (0.2-6.6 % in three runs of 4-6), the float32 one as fast with 8 % less memory; at 128x128 the bfloat16
-    step 4.6 % slower (its convolutions are a quarter as long, and running XLA's work
-    beside them pays more there), so the default stays below the limit, and for the
-    quick-start model. Elsewhere (GPU, TPU, XLA's own convolutions): no options.
+    the default order, 4.9 in this one, 4.7 in torch). Measured on the 2-core AMD EPYC in
+    interleaved runs (experiments/bench/README.md): at 256x256 the bfloat16 step 3.9 %
+    faster over 16 rounds, the float32 one as fast with 8 % less memory; at 128x128 the
+    bfloat16 step 4.6 % slower (its convolutions are a quarter as long, and what XLA runs
+    beside them pays more there), the quick-start model 3-7 % slower: below the limit the
+    default stays. The schedule changes no number. Elsewhere (GPU, TPU, XLA's own
+    convolutions): no options.
     """
     if jax.default_backend() != "cpu" or not onednn.available() or onednn.serial_limit_mflop() < 0:
         return {}
