@@ -15,6 +15,11 @@ GENERATOR_NETS = ("G_A", "G_B")
 DISCRIMINATOR_NETS = ("D_A", "D_B")
 
 
+def input_shapes(shape_A: tuple[int, ...], shape_B: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+    """What each network takes: a generator its source domain, a discriminator the domain it judges."""
+    return {"G_A": shape_A, "G_B": shape_B, "D_A": shape_B, "D_B": shape_A}
+
+
 @flax.struct.dataclass
 class TrainState:
     params: dict[str, Any]  # {'G_A', 'G_B', 'D_A', 'D_B'}: each network's parameters
@@ -44,9 +49,7 @@ def create(model: CycleGAN, seed: int, shape_A: tuple[int, int, int], shape_B: t
     # Parameters are drawn with the 'rbg' generator: XLA:CPU compiles it about three times
     # faster than threefry, which is most of the start-up time of a small model.
     keys = dict(zip(NETS, jax.random.split(jax.random.key(seed, impl="rbg"), 4)))
-    x_A = jnp.zeros((1, *shape_A), jnp.float32)
-    x_B = jnp.zeros((1, *shape_B), jnp.float32)
-    inputs = {"G_A": x_A, "G_B": x_B, "D_A": x_B, "D_B": x_A}
+    inputs = {name: jnp.zeros((1, *shape), jnp.float32) for name, shape in input_shapes(shape_A, shape_B).items()}
     params, batch_stats = {}, {}
     for name in NETS:
         init = jax.jit(getattr(model, name).init, static_argnames="train")

@@ -17,7 +17,7 @@ import optax
 
 from jax.sharding import Mesh
 
-from cyclejax import image_pool, losses, onednn, parallel
+from cyclejax import image_pool, losses, onednn, parallel, train_state
 from cyclejax.losses import METRICS
 from cyclejax.model import CycleGAN, apply_train_mode
 from cyclejax.train_state import TrainState
@@ -191,13 +191,13 @@ def compiler_options(model: CycleGAN, shape_A: tuple[int, int, int], shape_B: tu
     default stays. The schedule changes no number. Elsewhere (GPU, TPU, XLA's own
     convolutions): no options.
     """
-    if jax.default_backend() != "cpu" or not onednn.available() or onednn.serial_limit_mflop() < 0:
+    if jax.default_backend() != "cpu" or not onednn.available():
         return {}
-    inputs = {"G_A": shape_A, "G_B": shape_B, "D_A": shape_B, "D_B": shape_A}
+    limit = onednn.serial_limit_mflop()
     largest = max(onednn.largest_mflop(lambda x, net=getattr(model, name): net.init(jax.random.key(0), x, train=False),
                                        jax.ShapeDtypeStruct((per_device_batch, *shape), jnp.float32))
-                  for name, shape in inputs.items())
-    if largest < max(MEMORY_SCHEDULER_MFLOP, onednn.serial_limit_mflop()):
+                  for name, shape in train_state.input_shapes(shape_A, shape_B).items())
+    if limit < 0 or largest < max(MEMORY_SCHEDULER_MFLOP, limit):
         return {}
     return {"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"}
 

@@ -24,6 +24,7 @@ def test_bench_prints_one_json_line_with_the_step_time_and_breakdown():
     assert result["s_per_step"] == pytest.approx(sum(result["step_times"]) / 2)  # the median of two
     assert result["img_per_s"] == pytest.approx(2 / result["s_per_step"])
     assert result["compile_s"] > 0 and result["tflop_per_step"] > 0 and result["peak_rss_mb"] > 100
+    assert result["compiler_options"] == {}  # a model this small keeps XLA's defaults (train_step.compiler_options)
     assert set(result["breakdown"]) == {"G_forward_s", "D_forward_s", "generator_update_grad_s",
                                         "discriminator_update_grad_s", "first_upsampling_fwd_bwd_s"}
     assert all(v > 0 for v in result["breakdown"].values())
