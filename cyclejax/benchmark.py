@@ -62,8 +62,8 @@ def benchmark(netG: str, netD: str, size: int, batch: int, dtype: str, ngf: int,
     batch_np = {k: rng.uniform(-1, 1, (batch, *shape)).astype(np.float32) for k in "AB"}
     data = parallel.shard_batch(batch_np, mesh)
 
-    t0 = time.perf_counter()
     options = train_step.compiler_options(model, shape, shape, batch // jax.device_count())
+    t0 = time.perf_counter()
     compiled = train_step.jit_train_step(model, mesh, options).lower(state, data).compile()
     compile_s = time.perf_counter() - t0
     flops = compiled_flops(compiled)
