@@ -52,6 +52,8 @@ def main(argv):
             cli.fail("--batch and --batches must be at least 1")
         print(json.dumps(benchmark.input_rate(_DATASET.value, _SIZE.value, _BATCH.value, _BATCHES.value)))
         return
+    if _STEPS.value < 1 or _WARMUP.value < 0:
+        cli.fail("--steps must be at least 1 and --warmup at least 0")
     sizes = dict(netG=_NETG.value, netD=_NETD.value, size=_SIZE.value, batch=_BATCH.value, dtype=_DTYPE.value,
                  ngf=_NGF.value, ndf=_NDF.value, steps=_STEPS.value)
     result = benchmark.benchmark(warmup=_WARMUP.value, conv_impl=_CONV_IMPL.value, **sizes)

@@ -79,7 +79,7 @@ def benchmark(netG: str, netD: str, size: int, batch: int, dtype: str, ngf: int,
         if i == 0:
             jax.block_until_ready(metrics)
             host_memory.release_free_pages()  # as training does after its first step
-    jax.block_until_ready(metrics)
+    jax.block_until_ready(state)
     times = []
     for i in range(steps):
         t = time.perf_counter()

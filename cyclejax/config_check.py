@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from cyclejax import convolution, input_pipeline, layers, losses, model, networks
+from cyclejax import convolution, layers, losses, model, networks, preprocessing
 from cyclejax.errors import UserError
 
 
@@ -22,7 +22,7 @@ def validate(config: ml_collections.ConfigDict, device_count: int, process_count
     _one_of(config, "norm", layers.NORMS)
     _one_of(config, "init_type", layers.INIT_TYPES)
     _one_of(config, "gan_mode", losses.GAN_MODES)
-    _one_of(config, "preprocess", input_pipeline.PREPROCESS)
+    _one_of(config, "preprocess", preprocessing.PREPROCESS)
     _one_of(config, "direction", ("AtoB", "BtoA"))
     _one_of(config, "dtype", tuple(model.DTYPES))
     _one_of(config, "conv_impl", convolution.IMPLS)
@@ -34,7 +34,7 @@ def validate(config: ml_collections.ConfigDict, device_count: int, process_count
             raise ConfigError(f"config.{key}={config.get(key)!r} must not be negative")
     if config.n_epochs + config.n_epochs_decay < 1:
         raise ConfigError("config.n_epochs + config.n_epochs_decay must be at least 1")
-    mode = input_pipeline.preprocess_mode(config)
+    mode = preprocessing.preprocess_mode(config)
     if mode in ("resize_and_crop", "scale_width_and_crop") and config.crop_size > config.load_size:
         raise ConfigError(f"config.crop_size={config.crop_size} is larger than config.load_size={config.load_size}; "
                           f"crop_size must be <= load_size with preprocess={config.preprocess!r}")

@@ -13,18 +13,9 @@ import numpy as np
 import tensorflow as tf
 
 from cyclejax import datasets, images
+from cyclejax.preprocessing import preprocess_mode
 
 tf.config.set_visible_devices([], "GPU")  # tf.data only: leave accelerators to JAX
-
-PREPROCESS = ("auto", "resize_and_crop", "crop", "scale_width", "scale_width_and_crop", "none")
-
-
-def preprocess_mode(config) -> str:
-    """`auto`: none on the embedded dataset (64x64 already), resize_and_crop on any other."""
-    if config.preprocess != "auto":
-        return config.preprocess
-    return "none" if config.dataset == "embedded" else "resize_and_crop"
-
 
 def steps_per_epoch(n_A: int, n_B: int, global_batch: int) -> int:
     return max(1, max(n_A, n_B) // global_batch)

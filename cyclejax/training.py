@@ -14,7 +14,7 @@ import jax
 import ml_collections
 
 from cyclejax import (checkpoints, config_check, datasets, embedded_score, host_memory, input_pipeline, nonfinite,
-                      parallel, preemption, storage, train_state, train_step)
+                      parallel, preemption, preprocessing, storage, train_state, train_step)
 from cyclejax import model as model_lib
 from cyclejax.errors import NonFiniteError
 from cyclejax.progress import Progress
@@ -32,7 +32,7 @@ def load_data(config: ml_collections.ConfigDict):
     tests = []
     for split in ("testA", "testB"):
         tests.append(datasets.load_split(config.dataset, split) if datasets.has_split(config.dataset, split) else [])
-    if input_pipeline.preprocess_mode(config) == "none":
+    if preprocessing.preprocess_mode(config) == "none":
         datasets.check_same_size([s for s in (train_A, train_B, *tests) if s],
                                  "use --config.preprocess=resize_and_crop (to --config.crop_size) or "
                                  "--config.preprocess=auto")

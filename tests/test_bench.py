@@ -16,7 +16,7 @@ def _bench(*args):
 
 @pytest.mark.slow
 def test_bench_prints_one_json_line_with_the_step_time_and_breakdown():
-    out = _bench("--steps=2", "--batch=2", "--breakdown")
+    out = _bench("--steps=2", "--batch=2", "--breakdown", "--warmup=0")  # no untimed step: still times two
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert (result["netG"], result["size"], result["batch"], result["dtype"]) == ("resnet_6blocks", 32, 2, "float32")
@@ -34,6 +34,9 @@ def test_bench_refuses_an_impossible_setting_in_one_line():
     out = _bench("--batch=0")
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert "error: config.batch_size=0 must be a positive integer" in out.stderr
+    out = _bench("--steps=0")
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "error: --steps must be at least 1" in out.stderr
 
 
 def test_bench_input_times_the_pipeline_alone(tmp_path):

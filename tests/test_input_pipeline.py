@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cyclejax import datasets, input_pipeline
+from cyclejax import datasets, input_pipeline, preprocessing
 from tests.conftest import tiny_config
 
 
@@ -69,7 +69,7 @@ def test_preprocess_modes_give_official_shapes(mode, load, crop, shape_in, train
 
 def test_auto_is_none_on_the_embedded_dataset():
     config = tiny_config(preprocess="auto", load_size=72, crop_size=64, dataset="embedded")
-    assert input_pipeline.preprocess_mode(config) == "none"
+    assert preprocessing.preprocess_mode(config) == "none"
     img = tf.constant(np.zeros((64, 64, 3), np.uint8))
     assert input_pipeline.preprocess(img, tf.constant([1, 2], tf.int64), config, True).shape == (64, 64, 3)
 

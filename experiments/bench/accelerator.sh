@@ -15,8 +15,16 @@
 # the H200 has the H100's compute): bf16 tensor 989.4 TFLOP/s; fp32 67 TFLOP/s without
 # tensor cores, 494.7 with TF32 (XLA's default precision lets fp32 convolutions use TF32 on
 # Hopper), so fp32 MFU is given against TF32. H100 PCIe: bf16 756.5, TF32 378, fp32 51.
+#
+# On the project's device machine (an H200 image with jax, flax, optax, orbax and torch, but
+# no TensorFlow, which the benchmark does not import, and no ml_collections): here, once,
+# `python3 -m pip download --no-deps --only-binary=:all: -d .whl ml-collections==1.1.0`;
+# then `run` with carry [".whl"] and `PYTHONUNBUFFERED=1 bash experiments/bench/accelerator.sh
+# $OUT/acc`. Wheels found in .whl/ are installed into /tmp/cyclejax-site when a module the
+# benchmark needs is missing. PYTHON chooses the interpreter (default python3).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+py="${PYTHON:-python3}"
 
 dry=0
 if [[ "${1:-}" == "--dry-run" ]]; then dry=1; shift; fi
@@ -32,19 +40,39 @@ else
   batches=(1 8)
 fi
 
-n_dev=$(python -c "import jax; print(jax.local_device_count())")
+need="import jax, flax.linen, optax, ml_collections, absl, PIL"
+if ! "$py" -c "$need" 2>/dev/null && compgen -G ".whl/*.whl" >/dev/null; then
+  "$py" -m pip install -q --no-index --no-deps --no-compile --target /tmp/cyclejax-site .whl/*.whl
+  export PYTHONPATH="/tmp/cyclejax-site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+if ! "$py" -c "$need"; then
+  echo "error: $py lacks a module the benchmark needs (above); pip install -e . here, or carry its wheel in .whl/" >&2
+  exit 2
+fi
+"$py" -c "import jax, platform; print('jax', jax.__version__, 'on', jax.devices(), 'python', platform.python_version())" \
+  | tee "$out/environment.txt"
+n_dev=$("$py" -c "import jax; print(jax.local_device_count())")
+failed=0
 for dtype in float32 bfloat16; do
   for b in "${batches[@]}"; do
     extra=()
     # The torch reference once: fp32, per-device batch 1 (torch runs on one device).
     if [[ $dtype == float32 && $b == "${batches[0]}" ]]; then extra=(--compare=torch); fi
+    log="$out/${dtype}_batch$b.log"
     echo "== python -m cyclejax.bench ${sizes[*]} --batch=$((b * n_dev)) --dtype=$dtype ${extra[*]}"
-    python -m cyclejax.bench "${sizes[@]}" --batch=$((b * n_dev)) --dtype="$dtype" "${extra[@]}" \
-      | tee "$out/last.log" | tail -n 1 >> "$out/results.jsonl"
+    # One failed run (out of memory, say) must not cost the others: its log is kept and the
+    # table says it failed.
+    if "$py" -m cyclejax.bench "${sizes[@]}" --batch=$((b * n_dev)) --dtype="$dtype" "${extra[@]}" 2>&1 | tee "$log"; then
+      grep "^{" "$log" | tail -n 1 >> "$out/results.jsonl"  # the JSON line (stderr is in the log too)
+    else
+      failed=1
+      "$py" -c 'import json, sys; print(json.dumps({"dtype": sys.argv[1], "batch": int(sys.argv[2]), "failed": sys.argv[3]}))' \
+        "$dtype" "$((b * n_dev))" "$log" >> "$out/results.jsonl"
+    fi
   done
 done
 
-python - "$out" <<'PY'
+"$py" - "$out" <<'PY'
 import json, sys
 from pathlib import Path
 
@@ -55,6 +83,9 @@ rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitli
 lines = ["| device | dtype | batch | compile s | s/step | img/s | peak device MB | TFLOP/s | MFU | torch img/s | ratio |",
          "|---|---|---|---|---|---|---|---|---|---|---|"]
 for r in rows:
+    if "failed" in r:
+        lines.append(f"| | {r['dtype']} | {r['batch']} | failed: see {r['failed']} | | | | | | | |")
+        continue
     kind = r["devices"]
     peak = next((p for name, p in PEAKS.items() if name in kind), None)
     tflops = r["tflop_per_step"] / r["s_per_step"]
@@ -68,3 +99,4 @@ for r in rows:
 (out / "table.md").write_text("\n".join(lines) + "\n")
 print("\n".join(lines))
 PY
+exit $failed
