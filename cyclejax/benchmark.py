@@ -1,7 +1,7 @@
 """Timing the compiled train step (`benchmark`) and its parts (`breakdown`); `python -m cyclejax.bench`.
 
 `benchmark` returns `s_per_step` (median of the timed steps), `compile_s`, `img_per_s`,
-`gflops_per_s` (XLA's cost analysis of the compiled step divided by the step time) and
+`gflops_per_s` (XLA's count of the step's FLOPs on all devices, divided by the step time) and
 `peak_rss_mb`, on random images with the official defaults at the given sizes.
 """
 from __future__ import annotations
@@ -66,12 +66,12 @@ def benchmark(netG: str, netD: str, size: int, batch: int, dtype: str, ngf: int,
     t0 = time.perf_counter()
     compiled = train_step.jit_train_step(model, mesh, options).lower(state, data).compile()
     compile_s = time.perf_counter() - t0
-    flops = compiled_flops(compiled)
-    if convolution.resolve(conv_impl) == "onednn":
-        # XLA's cost analysis does not see into custom calls: count the same step's FLOPs in
-        # its all-XLA form (lowered, not compiled).
-        xla_model = model_lib.build(_config(netG, netD, ngf, ndf, dtype, batch, "xla"), steps_per_epoch=1000)
-        flops = compiled_flops(train_step.jit_train_step(xla_model, mesh).lower(state, data))
+    # The step's model FLOPs, all devices together: XLA's count of the step written with XLA's
+    # convolutions, before optimisation. The compiled program's count would miss what custom
+    # calls compute (oneDNN's here, cuDNN's on a GPU) and, partitioned, count one device's share.
+    xla_model = model if convolution.resolve(conv_impl) == "xla" else model_lib.build(
+        _config(netG, netD, ngf, ndf, dtype, batch, "xla"), steps_per_epoch=1000)
+    flops = compiled_flops(train_step.jit_train_step(xla_model, mesh).lower(state, data))
     print(f"compiled in {compile_s:.1f} s; {flops / 1e12:.3f} TFLOP per step (XLA cost analysis)", flush=True)
 
     for i in range(warmup):

@@ -70,3 +70,28 @@ def test_bench_compares_with_the_official_pytorch_iteration():
     # Its own process: torch's peak memory is not jax's (a few hundred MB at this size).
     assert 50 < result["torch_peak_rss_mb"] < result["peak_rss_mb"]
     assert "ratio" in out.stdout.splitlines()[-2]
+
+
+@pytest.mark.slow
+def test_bench_counts_the_whole_steps_flops_on_any_device_count_and_convolution():
+    """tflop_per_step is the step's model FLOPs, all devices together: the same for one device
+    or two (a partitioned program's own count is one device's share) and for every conv_impl
+    (custom calls hide their FLOPs from XLA's count of the compiled program)."""
+    import os
+
+    def flops(*args, devices=1):
+        env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+        out = subprocess.run([sys.executable, "-m", "cyclejax.bench", "--netG=resnet_6blocks", "--size=32",
+                              "--ngf=4", "--ndf=4", "--steps=1", "--warmup=0", "--batch=2", *args], cwd=ROOT,
+                             capture_output=True, text=True, timeout=600, env=env)
+        assert out.returncode == 0, out.stderr[-3000:]
+        result = json.loads(out.stdout.strip().splitlines()[-1])
+        assert result["devices"] == f"{devices} x cpu"
+        return result["tflop_per_step"]
+
+    one = flops("--conv_impl=xla")
+    # A convolution's FLOPs by hand: the generator's first layer (7x7, 3 -> 4 channels, 32x32,
+    # batch 2) alone is 2 * 2*32*32*4 * 7*7*3 = 2.4 MFLOP forward; the whole step is far more.
+    assert one * 1e12 > 3 * 2 * 2 * 32 * 32 * 4 * 7 * 7 * 3
+    assert flops("--conv_impl=xla", devices=2) == pytest.approx(one, rel=1e-9)
+    assert flops("--conv_impl=matmul") == pytest.approx(one, rel=1e-9)

@@ -10,7 +10,8 @@
 # --dry-run: the same sequence at a toy size (32x32, resnet_6blocks, ngf = ndf = 4, batches 1
 # and 2, two steps) on whatever device there is; the tests run it on CPU.
 #
-# MFU = XLA's FLOP count of the compiled step / step time / the device's dense peak.
+# MFU = the step's model FLOPs (XLA's count of the step before optimisation, all devices) /
+# step time / (devices x one device's dense peak).
 # Peaks (dense, no sparsity), from NVIDIA's H100 and H200 Tensor Core GPU datasheets (SXM;
 # the H200 has the H100's compute): bf16 tensor 989.4 TFLOP/s; fp32 67 TFLOP/s without
 # tensor cores, 494.7 with TF32 (XLA's default precision lets fp32 convolutions use TF32 on
@@ -88,8 +89,10 @@ for r in rows:
         continue
     kind = r["devices"]
     peak = next((p for name, p in PEAKS.items() if name in kind), None)
-    tflops = r["tflop_per_step"] / r["s_per_step"]
-    mfu = f"{tflops / (peak[0] if r['dtype'] == 'bfloat16' else peak[1]):.1%}" if peak else "n/a (no peak for this device)"
+    tflops = r["tflop_per_step"] / r["s_per_step"]  # all devices together
+    n_devices = int(kind.split(" x ")[0])
+    mfu = (f"{tflops / n_devices / (peak[0] if r['dtype'] == 'bfloat16' else peak[1]):.1%}" if peak
+           else "n/a (no peak for this device)")
     mem = r.get("peak_device_memory_mb")
     mem = f"{mem:.0f}" if mem is not None else "n/a"
     torch_img = f"{r['batch'] / r['torch_s_per_step']:.2f}" if "torch_s_per_step" in r else ""
