@@ -10,9 +10,8 @@
 - `xla`: `lax.conv_general_dilated` everywhere. The fast path on GPUs (cuDNN) and TPUs,
   which is what `auto` takes there.
 - `matmul`: matrix products for every stride-1 layer with at least 16 input channels.
-- `auto`: on GPU and TPU `xla`; on CPU `onednn` where the extension loads and the process
-  computes on one CPU device (the custom calls have no sharding rule, see
-  `cyclejax.onednn`), else the mixed form: matrix products only for the stride-1 layers
+- `auto`: on GPU and TPU `xla`; on CPU `onednn` where the extension loads, else the mixed
+  form: matrix products only for the stride-1 layers
   with fewer than 16 output channels (the generator's 7x7 output layer, the PatchGAN's
   last layer), XLA's convolution elsewhere. XLA:CPU runs the 7x7 64->3 output layer
   forward at about 6 GFLOP/s; its product form at about 165.
@@ -52,8 +51,8 @@ def resolve(impl: str, backend: str | None = None) -> str:
     """The implementation `impl` names on `backend` (default: JAX's): 'xla', 'matmul',
     'onednn', or 'auto' for the mixed CPU form (a choice per layer, see `form`).
 
-    'auto' is 'xla' on GPU and TPU; on CPU 'onednn' where it can run on a single-device
-    process, else the mixed form. An explicit 'onednn' that cannot run is an error here,
+    'auto' is 'xla' on GPU and TPU; on CPU 'onednn' where the extension loads, else the
+    mixed form. An explicit 'onednn' that cannot run is an error here,
     when the model is built, with the reason.
     """
     if impl not in IMPLS:
@@ -69,7 +68,7 @@ def resolve(impl: str, backend: str | None = None) -> str:
     if impl == "auto":
         if backend != "cpu":
             return "xla"
-        if jax.process_count() == 1 and len(jax.devices("cpu")) == 1 and onednn.available():
+        if onednn.available():
             return "onednn"
     return impl
 

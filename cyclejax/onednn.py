@@ -19,10 +19,13 @@ kernel in float32 or bfloat16: a float32 kernel (a parameter, as the networks pa
 rounded to bfloat16 when it is packed, and its gradient comes back in float32 as oneDNN's
 accumulator holds it, not rounded to bfloat16 on the way to the float32 parameter.
 
-The custom calls have no sharding rule: in a jit over several devices, XLA runs each one
-on the whole (gathered) batch. `conv_impl='auto'` therefore takes them only when the
-process computes on a single CPU device (the way the train command runs on a CPU);
-`conv_impl='onednn'` on several devices computes the same results with that redundant work.
+Several devices: XLA cannot split a custom call, so each one runs per device inside
+`jax.shard_map` over the `data` axis of the mesh in context while the step is traced
+(`train_step.jit_train_step` sets it): the forward and backward-data calls on the device's
+rows of the batch, the backward-weights call on them too with its kernel gradient summed
+over the devices. Without that mesh (a network applied outside the train step), or where
+the devices do not divide the batch, XLA runs the call on the whole, gathered batch: the
+same results with redundant work.
 """
 from __future__ import annotations
 
@@ -36,6 +39,9 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import PartitionSpec as P
+
+from cyclejax.parallel import DATA_AXIS
 
 RUNTIME = "onednn-cpu-gomp"  # the PyPI distribution that holds libdnnl.so.3 (GNU OpenMP build)
 _TARGETS = {  # FFI target name -> symbol in the extension
@@ -147,19 +153,47 @@ def _require() -> None:
         raise RuntimeError(f"conv_impl='onednn' cannot run: {reason}")
 
 
+def _shards(batch: int) -> int:
+    """How many devices split a batch of `batch` rows where the step is being traced: the size
+    of the `data` axis of the mesh in context, or 1 (no such mesh, or it does not divide)."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or DATA_AXIS not in mesh.axis_names:
+        return 1
+    devices = mesh.shape[DATA_AXIS]
+    return devices if batch % devices == 0 else 1
+
+
+def _rows(shape: tuple[int, ...], shards: int) -> tuple[int, ...]:
+    """One device's part of an NHWC `shape` split `shards` ways along the batch."""
+    return (shape[0] // shards, *shape[1:])
+
+
 def _call(target: str, shape: tuple[int, ...], a: jax.Array, b: jax.Array, stride: int,
-          padding: tuple[int, int], kernel_shape: tuple[int, ...], packed: bool = False) -> jax.Array:
-    """One custom call: operands of one dtype (float32 or bfloat16), a float32 result; with
-    `packed`, `b` is a kernel of HWIO shape `kernel_shape` packed by `_pack`."""
+          padding: tuple[int, int], kernel_shape: tuple[int, ...], packed: bool = False,
+          shards: int = 1) -> jax.Array:
+    """One custom call: operands of one dtype (float32 or bfloat16), a float32 result of
+    `shape`; with `packed`, `b` is a kernel of HWIO shape `kernel_shape` packed by `_pack`.
+    With `shards` > 1 it runs per device (`_shards`): the batch's rows of `a` (and of `b` for
+    backward-weights, whose per-device kernel gradients are summed); a packed `b` whole."""
     _require()  # registers the handlers before XLA compiles a call to them
+    weights = target == "cyclejax_onednn_conv_backward_weights"
     if _traced is not None:
         # 2 * (output elements) * kh * kw * in channels, as the handler counts it.
-        y_shape = shape if target == "cyclejax_onednn_conv_forward" else (
-            a.shape if target == "cyclejax_onednn_conv_backward_data" else b.shape)
-        _traced.append(2.0 * np.prod(y_shape) * np.prod(kernel_shape[:3]) / 1e6)
-    return jax.ffi.ffi_call(target, jax.ShapeDtypeStruct(shape, jnp.float32))(
-        a, b, stride=np.int64(stride), pad_top=np.int64(padding[0]), pad_left=np.int64(padding[1]),
-        kernel=np.asarray(kernel_shape, np.int64), packed=np.int64(packed))
+        y_shape = shape if target == "cyclejax_onednn_conv_forward" else (a.shape if not weights else b.shape)
+        _traced.append(2.0 * np.prod(_rows(y_shape, shards)) * np.prod(kernel_shape[:3]) / 1e6)
+
+    def call(a, b):
+        out = shape if weights else _rows(shape, shards)
+        y = jax.ffi.ffi_call(target, jax.ShapeDtypeStruct(out, jnp.float32))(
+            a, b, stride=np.int64(stride), pad_top=np.int64(padding[0]), pad_left=np.int64(padding[1]),
+            kernel=np.asarray(kernel_shape, np.int64), packed=np.int64(packed))
+        return jax.lax.psum(y, DATA_AXIS) if weights and shards > 1 else y
+
+    if shards == 1:
+        return call(a, b)
+    return jax.shard_map(call, mesh=jax.sharding.get_abstract_mesh(),
+                         in_specs=(P(DATA_AXIS), P(DATA_AXIS) if weights else P()),
+                         out_specs=P() if weights else P(DATA_AXIS))(a, b)
 
 
 @functools.cache
@@ -204,8 +238,10 @@ def _pack(kernel: jax.Array, kind: int, x_shape, y_shape, stride: int, padding, 
 def _forward(x: jax.Array, kernel: jax.Array, geometry) -> jax.Array:
     stride, padding, out_size = geometry
     out = (x.shape[0], *out_size, kernel.shape[-1])
-    packed = _pack(kernel, _FORWARD, x.shape, out, stride, padding, x.dtype)
-    return _call("cyclejax_onednn_conv_forward", out, x, packed, stride, padding, kernel.shape, packed=True)
+    shards = _shards(x.shape[0])
+    packed = _pack(kernel, _FORWARD, _rows(x.shape, shards), _rows(out, shards), stride, padding, x.dtype)
+    return _call("cyclejax_onednn_conv_forward", out, x, packed, stride, padding, kernel.shape, packed=True,
+                 shards=shards)
 
 
 def _forward_fwd(x, kernel, geometry):
@@ -225,8 +261,11 @@ _forward.defvjp(_forward_fwd, _forward_bwd)
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def _backward_data(dy: jax.Array, kernel: jax.Array, geometry, x_shape: tuple[int, ...]) -> jax.Array:
     stride, padding, _ = geometry
-    packed = _pack(kernel, _BACKWARD_DATA, x_shape, dy.shape, stride, padding, dy.dtype)
-    return _call("cyclejax_onednn_conv_backward_data", x_shape, dy, packed, stride, padding, kernel.shape, packed=True)
+    shards = _shards(dy.shape[0])
+    packed = _pack(kernel, _BACKWARD_DATA, _rows(x_shape, shards), _rows(dy.shape, shards), stride, padding,
+                   dy.dtype)
+    return _call("cyclejax_onednn_conv_backward_data", x_shape, dy, packed, stride, padding, kernel.shape,
+                 packed=True, shards=shards)
 
 
 def _backward_data_fwd(dy, kernel, geometry, x_shape):
@@ -246,7 +285,8 @@ _backward_data.defvjp(_backward_data_fwd, _backward_data_bwd)
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def _backward_weights(x: jax.Array, dy: jax.Array, geometry, kernel_shape: tuple[int, ...]) -> jax.Array:
     stride, padding, _ = geometry
-    return _call("cyclejax_onednn_conv_backward_weights", kernel_shape, x, dy, stride, padding, kernel_shape)
+    return _call("cyclejax_onednn_conv_backward_weights", kernel_shape, x, dy, stride, padding, kernel_shape,
+                 shards=_shards(x.shape[0]))
 
 
 def _backward_weights_fwd(x, dy, geometry, kernel_shape):

@@ -8,8 +8,9 @@ the same global batch. The jitted step that uses these shardings is
 """
 from __future__ import annotations
 
+import functools
 import os
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import numpy as np
@@ -21,6 +22,19 @@ DATA_AXIS = "data"
 def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
     devices = jax.devices() if devices is None else list(devices)
     return Mesh(np.asarray(devices), (DATA_AXIS,))
+
+
+def traced_on(mesh: Mesh, fn: Callable) -> Callable:
+    """`fn` with `mesh` in context while it is traced (`jax.sharding.use_abstract_mesh`), so that
+    what must be split by hand splits over its `data` axis: oneDNN's convolutions, custom
+    calls XLA cannot partition, run per device in `jax.shard_map` (`cyclejax.onednn`)."""
+
+    @functools.wraps(fn)
+    def on_mesh(*args):
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+            return fn(*args)
+
+    return on_mesh
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

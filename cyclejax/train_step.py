@@ -204,9 +204,10 @@ def compiler_options(model: CycleGAN, shape_A: tuple[int, int, int], shape_B: tu
 
 def jit_train_step(model: CycleGAN, mesh: Mesh, options: dict[str, str] | None = None) -> StepFn:
     """The compiled step: state replicated over the mesh and donated, batch sharded over `data`;
-    `options`: XLA compiler options (`compiler_options`)."""
+    `options`: XLA compiler options (`compiler_options`). The mesh is in context while the step
+    is traced, so that oneDNN's convolutions run per device on it (`cyclejax.onednn`)."""
     return jax.jit(
-        make_train_step(model),
+        parallel.traced_on(mesh, make_train_step(model)),
         in_shardings=(parallel.replicated(mesh), parallel.batch_sharding(mesh)),
         out_shardings=(parallel.replicated(mesh), parallel.replicated(mesh)),
         donate_argnums=0,

@@ -33,6 +33,7 @@ import numpy as np  # noqa: E402
 from cyclejax import losses, parallel, train_state, train_step  # noqa: E402
 from cyclejax import model as model_lib  # noqa: E402
 from tests.conftest import tiny_config  # noqa: E402
+from tests.onednn_calls import onednn_call_rows  # noqa: E402
 from tests.inert import ROUNDOFF_EPS, NamingApplier, instance_norm_roundoff  # noqa: E402
 
 EPS32 = float(np.finfo(np.float32).eps)
@@ -134,14 +135,15 @@ class Topology:
         self.mesh = mesh
         self.run = probed_step(model)
         rows = parallel.batch_sharding(mesh)
-        jitted = jax.jit(self.run, in_shardings=(parallel.replicated(mesh), rows, rows, parallel.replicated(mesh)),
+        jitted = jax.jit(parallel.traced_on(mesh, self.run), in_shardings=(parallel.replicated(mesh), rows, rows, parallel.replicated(mesh)),
                          out_shardings=parallel.replicated(mesh))
         local = 8 // jax.process_count()  # this process's rows of the global batch, as the input pipeline's
         self.rows = slice(jax.process_index() * local, (jax.process_index() + 1) * local)
         kinks = jax.eval_shape(lambda s, b: self.run(s, b, None, False)[3]["kinks"], state, batch)
         self.no_pins = np.zeros(kinks.shape, bool)
         self.compiled = jitted.lower(*self._args(state, batch, self.no_pins, False)).compile()
-        self.flops = float(self.compiled.cost_analysis()["flops"])  # per device
+        self.flops = float(self.compiled.cost_analysis()["flops"])  # per device, custom calls not counted
+        self.onednn_rows = onednn_call_rows(self.compiled)
 
     def _args(self, state, batch, pins, pinned):
         rows = parallel.batch_sharding(self.mesh)
@@ -331,8 +333,10 @@ def single(out_dir):
             report = compare(ours, ref, scales, on8(state, batch, pins=packed(ref)))
             report["repeats_to_the_bit"] = digest(on8(state, batch)) == digest(ours)
             results.append({"case": case, "state": name, "topology": "8 devices vs 1", "init": digest(first),
-                            "flops_per_device": [on8.flops, on1.flops], **report})
-            saved[case, name] = dict(state=state, batch=batch, ref=ref, scales=scales, flops=on1.flops)
+                            "flops_per_device": [on8.flops, on1.flops],
+                            "onednn_call_rows": [on8.onednn_rows, on1.onednn_rows], **report})
+            saved[case, name] = dict(state=state, batch=batch, ref=ref, scales=scales, flops=on1.flops,
+                                     onednn_rows=on1.onednn_rows)
             if case == "official" and name == "later":
                 # A control: one image of the batch flipped is a difference these bounds see.
                 flipped = dict(batch, A=batch["A"].copy())
@@ -409,7 +413,8 @@ def multi(out_dir, coordinator_address, num_processes, process_id):
             results.append({"case": case, "state": name, "init": digest(first),
                             "init_reference": digest(saved[case, "first"]["state"]),
                             "topology": f"{jax.process_count()} processes, {len(jax.devices())} devices vs 1",
-                            "flops_per_device": [topology.flops, saved[case, name]["flops"]], **report})
+                            "flops_per_device": [topology.flops, saved[case, name]["flops"]],
+                            "onednn_call_rows": [topology.onednn_rows, saved[case, name]["onednn_rows"]], **report})
     if jax.process_index() == 0:
         _write(os.path.join(out_dir, "multi.json"), results)
 
