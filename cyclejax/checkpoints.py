@@ -43,7 +43,11 @@ class CheckpointsUnreadable(UserError):
 
 
 def manager(workdir: storage.PathLike, keep: int = 3) -> ocp.CheckpointManager:
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=True, create=True)
+    """Orbax's manager of `workdir/checkpoints`, keeping the latest `keep` (0: every one; Orbax
+    would read 0 as none and delete each checkpoint as it is written)."""
+    if keep < 0:
+        raise ValueError(f"keep must be 0 (all) or more, got {keep}")
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep or None, enable_async_checkpointing=True, create=True)
     return ocp.CheckpointManager(storage.resolve(workdir) / "checkpoints", options=options)
 
 

@@ -29,7 +29,8 @@ def validate(config: ml_collections.ConfigDict, device_count: int, process_count
     for key in ("ngf", "ndf", "batch_size", "crop_size", "load_size", "input_nc", "output_nc", "n_layers_D"):
         if int(config.get(key)) < 1:
             raise ConfigError(f"config.{key}={config.get(key)!r} must be a positive integer")
-    for key in ("n_epochs", "n_epochs_decay", "pool_size", "lambda_identity", "max_steps"):
+    for key in ("n_epochs", "n_epochs_decay", "pool_size", "lambda_identity", "max_steps", "keep_checkpoints",
+                "max_dataset_size", "log_every", "sample_every", "checkpoint_every", "prefetch"):
         if config.get(key) < 0:
             raise ConfigError(f"config.{key}={config.get(key)!r} must not be negative")
     if config.n_epochs + config.n_epochs_decay < 1:

@@ -15,6 +15,8 @@ from cyclejax.configs import default
     (dict(netG="unet_256", preprocess="resize_and_crop", load_size=300, crop_size=200), "multiple of 256"),
     (dict(n_epochs=0, n_epochs_decay=0), "at least 1"),
     (dict(ngf=0), "config.ngf=0 must be a positive integer"),
+    (dict(keep_checkpoints=-1), "config.keep_checkpoints=-1 must not be negative"),
+    (dict(max_dataset_size=-5), "config.max_dataset_size=-5 must not be negative"),
 ])
 def test_invalid_configs_are_refused(overrides, message):
     c = default.get_config()
@@ -27,3 +29,24 @@ def test_default_and_paper_configs_are_valid():
     validate(default.get_config(), device_count=1)
     validate(default.get_config("paper"), device_count=1)
     validate(default.get_config("tiny"), device_count=1)
+
+
+def test_keep_checkpoints_zero_keeps_every_checkpoint(tmp_path):
+    """0 keeps them all (Orbax's max_to_keep=0 would delete each one as it is written)."""
+    import flax
+    import jax.numpy as jnp
+
+    from cyclejax import checkpoints
+
+    @flax.struct.dataclass
+    class State:
+        step: jnp.ndarray
+
+    config = default.get_config("tiny")
+    for keep, kept in ((0, [1, 2, 3, 4]), (2, [3, 4])):
+        mngr = checkpoints.manager(tmp_path / str(keep), keep)
+        for step in (1, 2, 3, 4):
+            checkpoints.save(mngr, State(jnp.asarray(step)), config)
+        mngr.wait_until_finished()
+        assert list(mngr.all_steps()) == kept
+        mngr.close()

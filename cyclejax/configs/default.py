@@ -75,7 +75,7 @@ def _paper() -> ml_collections.ConfigDict:
     c.log_every = 100
     c.sample_every = 1000
     c.checkpoint_every = 5000
-    c.keep_checkpoints = 3
+    c.keep_checkpoints = 3  # the latest ones kept (0: all)
     c.max_steps = 0  # stop early after this many steps (0: the whole schedule)
     c.eval_at_end = True
     return c
