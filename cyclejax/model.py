@@ -42,7 +42,12 @@ def apply_train_mode(net: nn.Module, params, batch_stats, x, rngs=None):
     """Applies a network in training mode, as the official train and test scripts do.
 
     With norm='batch' the batch statistics are used and the running ones left unchanged.
+    Dropout (no_dropout=False) stays on, as in the official test.py; without `rngs` (sample
+    grids, translation, export) its masks come from a fixed key, so that an image always
+    gets the same translation.
     """
+    if rngs is None:
+        rngs = {"dropout": jax.random.key(0)}
     if batch_stats:
         return net.apply({"params": params, "batch_stats": batch_stats}, x, train=True, rngs=rngs,
                          mutable=["batch_stats"])[0]

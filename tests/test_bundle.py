@@ -9,8 +9,9 @@ import pytest
 from cyclejax import bundle, networks
 
 
-def make_bundle(netG="resnet_6blocks", ngf=4, norm="instance", directions=("AtoB", "BtoA")) -> bundle.Bundle:
-    config = {"netG": netG, "ngf": ngf, "norm": norm, "no_dropout": True, "input_nc": 3, "output_nc": 3,
+def make_bundle(netG="resnet_6blocks", ngf=4, norm="instance", directions=("AtoB", "BtoA"),
+                no_dropout=True) -> bundle.Bundle:
+    config = {"netG": netG, "ngf": ngf, "norm": norm, "no_dropout": no_dropout, "input_nc": 3, "output_nc": 3,
               "dtype": "float32", "domains": {"A": "horse", "B": "zebra"}, "source": {"test": True}}
     b = bundle.Bundle(config=config, variables={d: {} for d in directions})
     m = networks.generator_multiple(netG)
@@ -44,6 +45,23 @@ def test_exported_artifact_runs_with_jax_alone_at_any_multiple_of_4(tmp_path):
         np.testing.assert_allclose(np.asarray(exported.call(x)), np.asarray(local(x)), atol=1e-5)
     with pytest.raises(ValueError, match="Division had remainder"):
         exported.call(np.zeros((1, 30, 32, 3), np.float32))
+
+
+def test_a_generator_with_dropout_translates_and_exports_with_dropout_on(tmp_path):
+    """no_dropout=False: dropout stays on outside training, as in the official test.py, with
+    masks from a fixed key: the same image always gets the same translation."""
+    b = make_bundle(no_dropout=False, directions=("AtoB",))
+    x = np.random.default_rng(0).uniform(-1, 1, (1, 32, 32, 3)).astype(np.float32)
+    y = np.asarray(b.jit_apply("AtoB")(x))
+    np.testing.assert_array_equal(y, np.asarray(b.jit_apply("AtoB")(x)))
+    # Dropout is on: other masks (another key) give another output.
+    from cyclejax import model as model_lib
+    other = model_lib.apply_train_mode(b.generator("AtoB"), b.variables["AtoB"]["params"], {}, x,
+                                       rngs={"dropout": jax.random.key(1)})
+    assert np.max(np.abs(y - np.asarray(other))) > 1e-3
+    bundle.save(b, tmp_path / "b")
+    exported = jax.export.deserialize(bytearray((tmp_path / "b" / "AtoB.jax_export").read_bytes()))
+    np.testing.assert_allclose(np.asarray(exported.call(x)), y, atol=1e-5)
 
 
 def test_unet_artifact_is_symbolic_in_multiples_of_its_depth(tmp_path):
