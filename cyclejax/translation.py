@@ -12,6 +12,7 @@ rather than the whole image's). A jitted function compiles once per distinct pad
 from __future__ import annotations
 
 import html
+import os
 from pathlib import Path
 from typing import Iterable
 
@@ -141,15 +142,35 @@ def _output_names(files: Iterable[epath.Path]) -> list[str]:
     return names
 
 
+def _prepare_output(files: list[epath.Path], output: storage.PathLike) -> epath.Path:
+    """`output` (local or gs://) and its inputs/ folder, created; refused where writing there
+    would fail, or where an input file lies in either (its translation or copy could
+    overwrite it, and a second run would read the translations as inputs)."""
+    output = storage.resolve(output)
+
+    def key(path) -> str:  # local paths with links and '..' resolved
+        return str(path) if storage.is_remote(str(path)) else os.path.realpath(path)
+
+    written = {key(output), key(output / "inputs")}
+    inside = [f for f in files if key(epath.Path(f).parent) in written]
+    if inside:
+        raise TranslateError(f"--output {output} holds the input {inside[0]}: its translations would mix with "
+                             "(and could overwrite) the inputs; choose another folder")
+    try:
+        (output / "inputs").mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise TranslateError(f"--output {output} cannot be written ({e}); choose a folder you can write") from e
+    return output
+
+
 def translate_files(translator: ImageTranslator, files: list[epath.Path], output: storage.PathLike, title: str = "",
                     strict: bool = False, progress: bool = True) -> list[tuple[str, str]]:
     """Translates `files` into `output`; returns (input copy, output) names, also written to index.html.
 
     An unreadable file stops the run when `strict` (a single --input file), and is skipped
-    with a warning naming it otherwise.
+    with a warning naming it otherwise; when none can be read, that is an error.
     """
-    output = storage.resolve(output)  # local or gs://
-    (output / "inputs").mkdir(parents=True, exist_ok=True)
+    output = _prepare_output(files, output)
     rows = []
     for f, name in tqdm(list(zip(files, _output_names(files))), desc="translate", unit="img", disable=not progress):
         try:
@@ -162,6 +183,8 @@ def translate_files(translator: ImageTranslator, files: list[epath.Path], output
         storage.write_png(output / "inputs" / name, image)
         storage.write_png(output / name, translator(image))
         rows.append((f"inputs/{name}", name))
+    if files and not rows:
+        raise TranslateError(f"none of the {len(files)} images could be read (see the warnings above)")
     write_index(output / "index.html", rows, title)
     return rows
 
@@ -178,9 +201,10 @@ def write_index(path: epath.Path, rows: list[tuple[str, str]], title: str) -> No
 
 def translate(model: storage.PathLike, input: storage.PathLike, output: storage.PathLike, direction: str = "AtoB",
               tile: int = 2048, progress: bool = True) -> list[tuple[str, str]]:
+    files = list_inputs(input)
+    _prepare_output(files, output)  # before a model is loaded or downloaded
     b = bundle_lib.load_any(model)
     translator = ImageTranslator(b, direction, tile)
-    files = list_inputs(input)
     d = b.config.get("domains", {"A": "A", "B": "B"})
     src, dst = (d["A"], d["B"]) if direction == "AtoB" else (d["B"], d["A"])
     return translate_files(translator, files, output, title=f"{epath.Path(model).name}: {src} -> {dst}",

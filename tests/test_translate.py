@@ -83,3 +83,31 @@ def test_bad_inputs_are_named(tiny_bundle, tmp_path):
     t = translation.ImageTranslator(tiny_bundle, "AtoB")
     with pytest.raises(translation.TranslateError, match="bad.jpg cannot be decoded as an image \\(not in a format PIL can read\\)"):
         translation.translate_files(t, [bad], tmp_path / "out", strict=True, progress=False)
+
+
+def test_outputs_never_overwrite_inputs_and_bad_outputs_are_named(tiny_bundle, tmp_path):
+    src = _write_folder(tmp_path / "photos", [(16, 16), (16, 20)])
+    before = {p.name: p.read_bytes() for p in src.iterdir()}
+    t = translation.ImageTranslator(tiny_bundle, "AtoB")
+    for output in (src, tmp_path / "photos" / ".." / "photos"):  # the input folder, by any name
+        with pytest.raises(translation.TranslateError, match="holds the input .*img0.jpg: its translations would mix with"):
+            translation.translate_files(t, translation.list_inputs(src), output, progress=False)
+    with pytest.raises(translation.TranslateError, match="holds the input .*img1.jpg"):  # one file into its folder
+        translation.translate_files(t, [src / "img1.jpg"], src, strict=True, progress=False)
+    assert {p.name: p.read_bytes() for p in src.iterdir()} == before
+    # Into a subfolder of the input folder: allowed, nothing of the input changes.
+    translation.translate_files(t, translation.list_inputs(src), src / "translated", progress=False)
+    assert {p.name: p.read_bytes() for p in src.iterdir() if p.is_file()} == before
+    # An output that is a file: named, no traceback from deep inside.
+    (tmp_path / "somefile").write_text("x")
+    with pytest.raises(translation.TranslateError, match="--output .*somefile cannot be written"):
+        translation.translate_files(t, translation.list_inputs(src), tmp_path / "somefile", progress=False)
+
+
+def test_a_folder_of_only_unreadable_images_is_an_error(tiny_bundle, tmp_path):
+    (tmp_path / "in").mkdir()
+    for name in ("a.jpg", "b.png"):
+        (tmp_path / "in" / name).write_bytes(b"not an image")
+    t = translation.ImageTranslator(tiny_bundle, "AtoB")
+    with pytest.raises(translation.TranslateError, match="none of the 2 images could be read"):
+        translation.translate_files(t, translation.list_inputs(tmp_path / "in"), tmp_path / "out", progress=False)
