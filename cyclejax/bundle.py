@@ -130,16 +130,31 @@ def export_generator(bundle: Bundle, direction: str) -> bytes:
 
 
 def save(bundle: Bundle, path: storage.PathLike, with_export: bool = True) -> epath.Path:
-    path = storage.resolve(path)  # local or gs://
-    path.mkdir(parents=True, exist_ok=True)
+    """Writes the bundle to `path` (local or gs://). Everything is serialised (and exported)
+    before the first write; bundle.json, which makes the folder a bundle, is removed first
+    and written last, so that an interrupted save over an older bundle leaves no mix of the
+    two that loads. Artifacts of the older bundle that this one does not have are removed."""
+    path = storage.resolve(path)
+    files = {}
     for d in bundle.directions:
-        tree = jax.tree_util.tree_map(np.asarray, bundle.variables[d])
-        (path / f"{d}.msgpack").write_bytes(flax.serialization.msgpack_serialize(tree))
+        files[f"{d}.msgpack"] = flax.serialization.msgpack_serialize(jax.tree_util.tree_map(np.asarray,
+                                                                                            bundle.variables[d]))
         if with_export:
-            (path / f"{d}.jax_export").write_bytes(export_generator(bundle, d))
+            files[f"{d}.jax_export"] = export_generator(bundle, d)
     meta = {"format": FORMAT, "version": VERSION, "directions": list(bundle.directions), **bundle.config,
             "multiple": bundle.multiple}
-    (path / "bundle.json").write_text(json.dumps(meta, indent=2))
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        stale = [path / "bundle.json"] + [path / f"{d}{ext}" for d in DIRECTIONS for ext in (".msgpack", ".jax_export")
+                                          if f"{d}{ext}" not in files]
+        for f in stale:
+            if f.exists():
+                f.unlink()
+        for name, blob in files.items():
+            (path / name).write_bytes(blob)
+        (path / "bundle.json").write_text(json.dumps(meta, indent=2))
+    except OSError as e:
+        raise BundleError(f"{path} cannot be written ({e}); choose a folder you can write") from e
     return path
 
 

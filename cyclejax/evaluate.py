@@ -26,6 +26,8 @@ _MAX_IMAGES = flags.DEFINE_integer("max_images", 0, "use at most this many test 
 
 def main(argv):
     del argv
+    if _MAX_IMAGES.value < 0:
+        cli.fail(f"--max_images={_MAX_IMAGES.value} must be 0 (all) or more")
     evaluation.evaluate(_MODEL.value, _DATASET.value, _INCEPTION.value, _MAX_IMAGES.value, _OUTPUT.value,
                         progress=sys.stderr.isatty())
 

@@ -61,6 +61,9 @@ def fid_report(b: bundle_lib.Bundle, dataset: str, variables: dict, max_images: 
         if not datasets.has_split(dataset, split):
             raise EvaluateError(f"{dataset} has no {split} split: FID needs testA and testB")
         tests[split[-1]] = datasets.load_split(dataset, split, max_images)  # decoded when read
+        if len(tests[split[-1]]) < 2:
+            raise EvaluateError(f"{dataset} {split} gives {len(tests[split[-1]])} image(s): FID and KID compare "
+                                "distributions and need at least 2 in each test split (check --max_images)")
     report: dict = {"dataset": dataset, "resize": "PIL bicubic to 299x299 on float32 channels (clean-fid 'clean')",
                     "features": "pytorch-fid FID Inception-v3 pool3 (2048-d)"}
     for direction in b.directions:
@@ -114,8 +117,12 @@ def evaluate(model: storage.PathLike, dataset: str = "embedded", inception_weigh
     if not output:
         output = f"eval_{model}_{name}.json" if by_name else storage.resolve(model) / f"eval_{name}.json"
     output = storage.resolve(output)  # local or gs://
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(report, indent=2))
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(json.dumps(report, indent=2))
+    except OSError as e:
+        print(json.dumps(report, indent=2), flush=True)  # the scores are not lost
+        raise EvaluateError(f"--output {output} cannot be written ({e}); the report is printed above") from e
     print(table, flush=True)
     print(f"report: {output}", flush=True)
     return report

@@ -97,3 +97,15 @@ def test_domain_names_come_from_the_dataset():
     assert bundle.domain_names("cycle_gan/horse2zebra") == {"A": "horse", "B": "zebra"}
     assert bundle.domain_names("/data/summer2winter_yosemite/") == {"A": "summer", "B": "winter_yosemite"}
     assert bundle.domain_names("embedded") == {"A": "A", "B": "B"}
+
+
+def test_saving_over_a_bundle_leaves_nothing_of_the_old_one_and_bad_paths_are_named(tmp_path):
+    bundle.save(make_bundle(), tmp_path / "b")  # both directions, with their jax.export artifacts
+    one = make_bundle(directions=("AtoB",), ngf=8)
+    bundle.save(one, tmp_path / "b", with_export=False)
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["AtoB.msgpack", "bundle.json"]
+    back = bundle.load(tmp_path / "b")
+    assert back.directions == ("AtoB",) and back.config["ngf"] == 8
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(bundle.BundleError, match="afile cannot be written"):
+        bundle.save(one, tmp_path / "afile", with_export=False)

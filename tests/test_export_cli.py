@@ -75,6 +75,18 @@ def test_train_export_translate_evaluate(trained, tmp_path):
     assert np.isfinite(fid_report["AtoB"]["fid"]) and fid_report["AtoB"]["fid"] > 0
     assert "FID" in out.stdout and "bicubic" in out.stdout
 
+    bad = _run("cyclejax.evaluate", f"--model={workdir}", f"--dataset={data}", "--inception_weights=random",
+               "--max_images=1", ok=False)
+    assert bad.returncode == 2 and "testA gives 1 image(s): FID and KID compare distributions" in bad.stderr
+    bad = _run("cyclejax.evaluate", f"--model={workdir}", f"--dataset={data}", "--max_images=-1", ok=False)
+    assert bad.returncode == 2 and "--max_images=-1 must be 0 (all) or more" in bad.stderr
+    (tmp_path / "afile").write_text("x")
+    bad = _run("cyclejax.evaluate", f"--model={workdir}", f"--dataset={data}", "--inception_weights=random",
+               f"--output={tmp_path / 'afile' / 'eval.json'}", ok=False)
+    assert bad.returncode == 2 and "afile/eval.json cannot be written" in bad.stderr and '"fid"' in bad.stdout
+    bad = _run("cyclejax.translate", f"--model={tmp_path / 'bundle'}", f"--input={src}", f"--output={src}", ok=False)
+    assert bad.returncode == 2 and "holds the input" in bad.stderr and "Traceback" not in bad.stderr
+
     bad = _run("cyclejax.evaluate", f"--model={tmp_path / 'photos'}", "--dataset=embedded", ok=False)
     assert bad.returncode == 2 and "neither a bundle" in bad.stderr
     bad = _run("cyclejax.evaluate", f"--model={workdir}", f"--dataset={data}",
