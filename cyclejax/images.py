@@ -37,9 +37,17 @@ def _to_rgb(im: Image.Image) -> np.ndarray:
     return np.asarray(im.convert("RGB"), dtype=np.uint8)
 
 
+# What an image that cannot be read raises in PIL; DecompressionBombError (more than twice
+# Image.MAX_IMAGE_PIXELS) derives from Exception alone.
+_UNREADABLE = (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
 def _reason(e: Exception) -> str:
     if isinstance(e, UnidentifiedImageError):
         return "not in a format PIL can read"
+    if isinstance(e, Image.DecompressionBombError):
+        return (f"more pixels than PIL opens, 2 x PIL.Image.MAX_IMAGE_PIXELS = {2 * Image.MAX_IMAGE_PIXELS}; "
+                "split it, or raise that limit in the program that calls cyclejax")
     return f"{type(e).__name__}: {e}"
 
 
@@ -51,7 +59,7 @@ def decode(data: bytes, name: str = "image") -> np.ndarray:
             if im.getexif().get(_ORIENTATION, 1) != 1:
                 im = ImageOps.exif_transpose(im)
             return _to_rgb(im)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+    except _UNREADABLE as e:
         raise UnreadableImage(f"{name} cannot be decoded as an image ({_reason(e)})") from e
 
 
@@ -62,7 +70,7 @@ def size(data_or_file, name: str = "image") -> tuple[int, int]:
         with Image.open(src) as im:
             w, h = im.size
             orientation = im.getexif().get(_ORIENTATION, 1)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+    except _UNREADABLE as e:
         raise UnreadableImage(f"{name} is not an image ({_reason(e)})") from e
     return (w, h) if orientation in _TRANSPOSED else (h, w)
 

@@ -84,6 +84,22 @@ def test_undecodable_bytes_name_the_file():
         images.decode(good[: len(good) // 2], "cut.jpg")
 
 
+def test_an_image_over_pils_pixel_limit_is_named_with_the_limit(monkeypatch, tmp_path):
+    """PIL refuses images over 2 x MAX_IMAGE_PIXELS with an error outside the ones a bad file
+    raises; the reader and the folder listing name the file and the limit instead."""
+    big = _bytes(Image.fromarray(_gradient(40, 50)), "PNG")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500)  # 2000 pixels at most: this one has 2000+
+    for read in (images.decode, images.size):
+        with pytest.raises(images.UnreadableImage, match="huge.png .*more pixels than PIL opens, 2 x "
+                                                         "PIL.Image.MAX_IMAGE_PIXELS = 1000"):
+            read(big, "huge.png")
+    for split in ("trainA", "trainB"):
+        (tmp_path / split).mkdir()
+        (tmp_path / split / "small.png").write_bytes(_bytes(Image.fromarray(_gradient(10, 10)), "PNG"))
+    (tmp_path / "trainA" / "huge.png").write_bytes(big)
+    assert list(datasets.load_split(str(tmp_path), "trainA").names) == [str(tmp_path / "trainA" / "small.png")]
+
+
 def test_training_translate_and_evaluate_read_the_same_pixels(tmp_path):
     upright = _gradient(30, 40)
     exif = Image.Exif()
