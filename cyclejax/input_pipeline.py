@@ -67,7 +67,7 @@ def preprocess(img: tf.Tensor, seed: tf.Tensor, config, train: bool) -> tf.Tenso
     if mode == "resize_and_crop":
         img = tf.image.resize(img, (load, load), method="bicubic")
     elif mode in ("scale_width", "scale_width_and_crop"):
-        img = _scale_width(img, load if mode.endswith("crop") else crop, crop)
+        img = _scale_width(img, load, crop)
     if mode == "crop":
         img = _at_least(img, crop)
     if mode in ("resize_and_crop", "crop", "scale_width_and_crop"):

@@ -14,3 +14,18 @@ def preprocess_mode(config) -> str:
     if config.preprocess != "auto":
         return config.preprocess
     return "none" if config.dataset == "embedded" else "resize_and_crop"
+
+
+def train_size(config, height: int, width: int) -> tuple[int, int]:
+    """(height, width) of a training image of that size after `config`'s preprocessing.
+
+    Only `none` and `scale_width` keep something of the image's own size (a batch, and each
+    domain's image pool, then needs every image to give the same); the others crop to
+    crop_size x crop_size.
+    """
+    mode, load, crop = preprocess_mode(config), config.load_size, config.crop_size
+    if mode == "none":  # the official __make_power_2(base=4), as input_pipeline rounds
+        return max(4, (height + 2) // 4 * 4), max(4, (width + 2) // 4 * 4)
+    if mode == "scale_width":  # the official __scale_width to load_size, height at least crop_size
+        return max(int(load * height / width), crop), load
+    return crop, crop

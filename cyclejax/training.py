@@ -32,12 +32,30 @@ def load_data(config: ml_collections.ConfigDict):
     tests = []
     for split in ("testA", "testB"):
         tests.append(datasets.load_split(config.dataset, split) if datasets.has_split(config.dataset, split) else [])
-    if preprocessing.preprocess_mode(config) == "none":
+    mode = preprocessing.preprocess_mode(config)
+    if mode == "none":
         datasets.check_same_size([s for s in (train_A, train_B, *tests) if s],
                                  "use --config.preprocess=resize_and_crop (to --config.crop_size) or "
                                  "--config.preprocess=auto")
+    if mode in ("none", "scale_width"):
+        _check_one_train_size(config, train_A, train_B)
     test_A, test_B = _swap(config, *tests)
     return train_A, train_B, test_A, test_B
+
+
+def _check_one_train_size(config: ml_collections.ConfigDict, *splits: datasets.Split) -> None:
+    """Every training image of both domains preprocessed to one size: batches are stacked, and
+    each image pool holds one domain's translations of the other's images."""
+    first = None
+    for split in splits:
+        for name, (h, w) in zip(split.names, split.sizes):
+            size = preprocessing.train_size(config, h, w)
+            first = first or (name, size)
+            if size != first[1]:
+                raise datasets.DatasetError(
+                    f"with preprocess={config.preprocess!r} {first[0]} trains at {first[1][1]}x{first[1][0]} but "
+                    f"{name} at {size[1]}x{size[0]}: every training image of both domains must give one size; "
+                    "use --config.preprocess=resize_and_crop or scale_width_and_crop")
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: storage.PathLike) -> dict:
@@ -60,8 +78,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: storage.PathL
               f"(listed in {t_listed:.1f} s; decoded as batches need them)", flush=True)
 
     model = model_lib.build(config, spe)
-    sample_batch = {k: input_pipeline.eval_images([v[0]], config) for k, v in (("A", train_A), ("B", train_B))}
-    state = train_state.create(model, config.seed, sample_batch["A"].shape[1:], sample_batch["B"].shape[1:])
+    shapes = {k: (*preprocessing.train_size(config, *v.sizes[0]), 3)  # the reader gives RGB
+              for k, v in (("A", train_A), ("B", train_B))}
+    state = train_state.create(model, config.seed, shapes["A"], shapes["B"])
     # Replicated over the mesh first, so a checkpoint restores straight into the shardings of
     # this run's topology (whatever topology wrote it).
     state = parallel.replicate(state, mesh)
@@ -72,8 +91,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: storage.PathL
         if is_main:
             print(f"resumed from step {int(state.step)} in {workdir}", flush=True)
     start = int(state.step)
-    options = train_step.compiler_options(model, sample_batch["A"].shape[1:], sample_batch["B"].shape[1:],
-                                          config.batch_size // jax.device_count())
+    options = train_step.compiler_options(model, shapes["A"], shapes["B"], config.batch_size // jax.device_count())
     step_fn = train_step.jit_train_step(model, mesh, options)
 
     batches = input_pipeline.train_batches(train_A, train_B, config, start, jax.process_index(), jax.process_count())

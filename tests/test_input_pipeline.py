@@ -55,7 +55,9 @@ def test_train_batches_are_deterministic_scaled_and_resumable():
     ("crop", 286, 64, (100, 120), True, (64, 64)),
     ("crop", 286, 64, (40, 50), True, (64, 64)),  # smaller than the crop: scaled up first
     ("auto", 72, 64, (40, 90), True, (64, 64)),  # a folder dataset: resize_and_crop
-    ("scale_width", 80, 64, (50, 100), True, (64, 64)),  # width to crop_size, height kept >= crop_size
+    ("scale_width", 80, 64, (50, 100), True, (64, 80)),  # width to load_size, height kept >= crop_size
+    ("scale_width", 80, 64, (150, 100), True, (120, 80)),
+    ("scale_width", 80, 64, (150, 100), False, (96, 64)),  # testing: load_size = crop_size
     ("scale_width_and_crop", 80, 64, (60, 100), True, (64, 64)),
     ("none", 286, 256, (37, 50), True, (36, 52)),
     ("none", 286, 256, (64, 64), True, (64, 64)),
@@ -65,6 +67,8 @@ def test_preprocess_modes_give_official_shapes(mode, load, crop, shape_in, train
     img = tf.constant(np.random.default_rng(0).integers(0, 256, (*shape_in, 3)), tf.uint8)
     out = input_pipeline.preprocess(img, tf.constant([1, 2], tf.int64), config, train).numpy()
     assert out.shape[:2] == shape_out
+    if train:  # the size training sets its state up for, from the image's header size
+        assert preprocessing.train_size(config, *shape_in) == shape_out
 
 
 def test_auto_is_none_on_the_embedded_dataset():
@@ -91,3 +95,37 @@ def test_flip_depends_on_the_seed_and_no_flip_turns_it_off():
     outs = {input_pipeline.preprocess(tf.constant(img), tf.constant([s, 0], tf.int64), config, True).numpy().tobytes()
             for s in range(20)}
     assert len(outs) == 1
+
+
+def _folder(root, sizes_A, sizes_B):
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    for split, sizes in (("trainA", sizes_A), ("trainB", sizes_B)):
+        (root / split).mkdir(parents=True)
+        for i, (h, w) in enumerate(sizes):
+            Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(root / split / f"{i}.png")
+    return str(root)
+
+
+def test_sizes_that_cannot_train_together_are_refused_before_compiling(tmp_path):
+    """preprocess 'none' and 'scale_width' keep the images' own sizes: one size for every
+    training image of both domains (batches stack, each pool holds the other domain's
+    translations), or a DatasetError naming two files."""
+    from cyclejax import datasets, training
+
+    def load(name, mode, sizes_A, sizes_B, **kw):
+        config = tiny_config(preprocess=mode, dataset=_folder(tmp_path / name, sizes_A, sizes_B), **kw)
+        return training.load_data(config)
+
+    with pytest.raises(datasets.DatasetError, match="0.png is 40x40 but .*1.png is 44x40: images of different"):
+        load("within", "none", [(40, 40), (40, 44)], [(40, 40)])
+    with pytest.raises(datasets.DatasetError, match=r"with preprocess='none' .*trainA/0.png trains at 40x40 but "
+                                                    r".*trainB/0.png at 32x32: every training image of both"):
+        load("across", "none", [(40, 40)] * 2, [(32, 32)])
+    # scale_width: width to load_size (80); the height follows each image's aspect (at least crop_size, 32).
+    with pytest.raises(datasets.DatasetError, match="trains at 80x40 but .*trainA/1.png at 80x48"):
+        load("aspects", "scale_width", [(50, 100), (60, 100)], [(50, 100)], load_size=80, crop_size=32)
+    train_A, train_B, _, _ = load("same", "scale_width", [(50, 100), (100, 200)], [(25, 50)], load_size=80,
+                                  crop_size=32)
+    assert len(train_A) == 2 and len(train_B) == 1
+    load("cropped", "scale_width_and_crop", [(50, 100), (60, 100)], [(32, 32)], load_size=80, crop_size=32)

@@ -48,3 +48,18 @@ def test_non_finite_loss_stops_the_run_and_is_never_checkpointed(tmp_path):
     assert step == 1
     assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree_util.tree_leaves(state)
                if np.issubdtype(np.asarray(x).dtype, np.floating))
+
+
+@pytest.mark.slow
+def test_scale_width_trains_at_load_size_wide_images(tmp_path):
+    """preprocess='scale_width', as the official: width to load_size (48 here), height by the
+    aspect; the state (pools, networks) is set up at that size, and the pools hold it."""
+    from tests.test_input_pipeline import _folder
+
+    data = _folder(tmp_path / "data", [(40, 60)] * 2, [(20, 30)] * 2)  # both 3:2 -> 48 wide, 32 high
+    config = tiny_config(max_steps=2, preprocess="scale_width", load_size=48, crop_size=32, dataset=data,
+                         eval_at_end=False)
+    result = training.train_and_evaluate(config, tmp_path / "run")
+    assert result["step"] == 2
+    _, state = _final_params(tmp_path / "run")
+    assert state["pool_A"]["images"].shape[1:] == state["pool_B"]["images"].shape[1:] == (32, 48, 3)
