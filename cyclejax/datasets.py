@@ -136,7 +136,10 @@ def _folder_split(dataset: str, split: str) -> Split:
         found = sorted(p.name for p in root.iterdir() if p.is_dir())
         raise DatasetError(f"{folder} does not exist; a folder dataset needs trainA/ and trainB/ "
                            f"(testA/, testB/ optional); {root} holds {found or 'no folders'}")
-    paths = sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS), key=lambda p: p.name)
+    # Subfolders too, in the order of their paths, as the official make_dataset (os.walk) and
+    # UnalignedDataset (sorted) list them.
+    paths = sorted((where / f for where, _, files in folder.walk() for f in files
+                    if epath.Path(f).suffix.lower() in IMAGE_EXTENSIONS), key=str)
     with concurrent.futures.ThreadPoolExecutor(HEADER_THREADS) as pool:
         headers = list(pool.map(_header, paths))
     kept = [(p, h) for p, h in zip(paths, headers) if not isinstance(h, Exception)]

@@ -35,6 +35,17 @@ def test_folder_reads_formats_and_converts_modes_to_rgb(tmp_path, caplog):
     assert "broken.png" in caplog.text
 
 
+def test_subfolders_are_read_in_path_order_as_the_official_make_dataset(tmp_path):
+    shades = {"b.png": 10, "a/z.png": 20, "a/b/c.png": 30, "c.png": 40, "a/y.jpg": 50}
+    for name, v in shades.items():
+        (tmp_path / "trainA" / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((4, 4, 3), v, np.uint8)).save(tmp_path / "trainA" / name)
+    split = datasets.load_split(str(tmp_path), "trainA")
+    order = ["a/b/c.png", "a/y.jpg", "a/z.png", "b.png", "c.png"]  # sorted paths, as sorted(make_dataset(...))
+    assert list(split.names) == [str(tmp_path / "trainA" / n) for n in order]
+    assert [int(split[i][0, 0, 0]) for i in range(5)] == [shades[n] for n in order]
+
+
 def test_empty_domain_and_missing_folders_are_named(tmp_path):
     (tmp_path / "trainA").mkdir()
     (tmp_path / "trainA" / "x.png").write_bytes(b"junk")
