@@ -18,7 +18,7 @@ import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Callable
 
 from tqdm import tqdm
 
@@ -38,13 +38,15 @@ def cache_root(cache_dir: str | Path | None = None) -> Path:
 
 
 def cached_file(url: str, filename: str, sha256_prefix: str | None = None, cache_dir: str | Path | None = None,
-                progress: bool | None = None) -> Path:
+                progress: bool | None = None, check: Callable[[Path], None] | None = None) -> Path:
     """The path of `<cache>/<filename>`, downloaded from `url` unless cached and intact.
 
     `filename` may hold subfolders ("pretrained/horse2zebra.pth"). `sha256_prefix`, when
-    given, must begin the file's sha256. `progress` shows a progress bar (default: when
-    stderr is a terminal). Raises `DownloadError` when the URL cannot be fetched or the file
-    is not the expected one.
+    given, must begin the file's sha256. `check`, when given, reads the downloaded file
+    before it enters the cache and raises (any exception, its message kept) if it is not
+    what was asked for: a server or proxy answering with an HTML page, say, where no sha256
+    is known. `progress` shows a progress bar (default: when stderr is a terminal). Raises
+    `DownloadError` when the URL cannot be fetched or the file is not the expected one.
     """
     path = cache_root(cache_dir) / filename
     sidecar = path.with_name(path.name + ".sha256")
@@ -58,6 +60,11 @@ def cached_file(url: str, filename: str, sha256_prefix: str | None = None, cache
         if not _matches(digest, sha256_prefix):
             raise DownloadError(f"the file at {url} is not the expected one: its sha256 should start with "
                                 f"{sha256_prefix}, it is {digest}")
+        if check is not None:
+            try:
+                check(tmp)
+            except Exception as e:  # noqa: BLE001 - whatever the reader raises, the download is refused
+                raise DownloadError(f"the file at {url} is not the expected one ({e}); nothing was cached") from e
         sidecar.write_text(digest + "\n")
         os.replace(tmp, path)
     finally:

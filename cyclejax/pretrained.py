@@ -19,8 +19,8 @@ import difflib
 import os
 from pathlib import Path
 
-from cyclejax import cli, downloads
-from cyclejax.errors import UserError
+from cyclejax import cli, downloads, pth
+from cyclejax.errors import ConversionError, UserError
 
 NAMES = (
     "apple2orange", "orange2apple", "summer2winter_yosemite", "winter2summer_yosemite", "horse2zebra",
@@ -46,7 +46,17 @@ def generator_file(name: str, progress: bool | None = None) -> Path:
         close = difflib.get_close_matches(name, NAMES, n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""
         raise UserError(f"there is no pretrained generator {name!r}; {hint}the names are: {', '.join(NAMES)}")
-    return downloads.cached_file(base_url() + f"{name}.pth", f"pretrained/{name}.pth", progress=progress)
+    return downloads.cached_file(base_url() + f"{name}.pth", f"pretrained/{name}.pth", progress=progress,
+                                 check=_state_dict)
+
+
+def _state_dict(path: Path) -> None:
+    """Raises unless `path` reads as a PyTorch state dict (the released files have no published
+    sha256: this keeps an error page or a cut-off file out of the cache)."""
+    try:
+        pth.read_state_dict(path)
+    except ConversionError as e:
+        raise ValueError("not a readable PyTorch state dict") from e
 
 
 def inception_url() -> str:

@@ -156,3 +156,34 @@ def test_keyboard_interrupt_removes_the_temporary_file(served, tmp_path, monkeyp
     with pytest.raises(KeyboardInterrupt):
         downloads.cached_file(served.url + "weights.bin", "w.bin", cache_dir=tmp_path / "cache", progress=False)
     assert leftovers(tmp_path / "cache") == []
+
+
+def test_a_check_keeps_what_is_not_the_file_out_of_the_cache(served, tmp_path):
+    """A server answering 200 with an error page where no sha256 is known: the content check
+    refuses it and nothing is cached, so the next try downloads again."""
+    cache = tmp_path / "cache"
+
+    def needs_weights(path):
+        if not path.read_bytes().startswith(BODY[:16]):
+            raise ValueError("not the weights")
+
+    (tmp_path / "www" / "page.bin").write_bytes(b"<html>captive portal</html>")
+    with pytest.raises(DownloadError, match=r"page.bin is not the expected one \(not the weights\); nothing was "
+                                            r"cached"):
+        downloads.cached_file(served.url + "page.bin", "w.bin", cache_dir=cache, progress=False, check=needs_weights)
+    assert leftovers(cache) == []
+    path = downloads.cached_file(served.url + "weights.bin", "w.bin", cache_dir=cache, progress=False,
+                                 check=needs_weights)
+    assert path.read_bytes() == BODY
+
+
+def test_pretrained_generators_are_read_before_they_are_cached(served, tmp_path, monkeypatch):
+    from cyclejax import pretrained
+
+    monkeypatch.setenv("CYCLEJAX_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("CYCLEJAX_PRETRAINED_URL", served.url)
+    (tmp_path / "www" / "horse2zebra.pth").write_bytes(b"<html>not found, but 200</html>")
+    with pytest.raises(DownloadError, match="horse2zebra.pth is not the expected one \\(not a readable PyTorch "
+                                            "state dict\\); nothing was cached"):
+        pretrained.generator_file("horse2zebra", progress=False)
+    assert leftovers(tmp_path / "cache") == ["pretrained"]
