@@ -7,7 +7,9 @@ notebook calls it directly.
 """
 from __future__ import annotations
 
+import itertools
 import json
+import os
 import time
 
 import jax
@@ -159,5 +161,15 @@ def _save(mngr, state, config, record) -> None:
     checkpoints.save(mngr, state, config)
 
 
-def default_workdir() -> str:
-    return f"runs/{time.strftime('%Y%m%d-%H%M%S')}"
+def default_workdir(parent: str = "runs") -> str:
+    """A new folder `parent/<date-time>`, created here so that two runs started in the same
+    second (seeds in parallel, say) never share one: the second gets `<date-time>-2`."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    os.makedirs(parent, exist_ok=True)
+    for n in itertools.count(1):
+        path = os.path.join(parent, stamp if n == 1 else f"{stamp}-{n}")
+        try:
+            os.mkdir(path)
+        except FileExistsError:
+            continue
+        return path

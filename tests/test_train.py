@@ -63,3 +63,12 @@ def test_scale_width_trains_at_load_size_wide_images(tmp_path):
     assert result["step"] == 2
     _, state = _final_params(tmp_path / "run")
     assert state["pool_A"]["images"].shape[1:] == state["pool_B"]["images"].shape[1:] == (32, 48, 3)
+
+
+def test_default_workdirs_started_in_the_same_second_are_distinct(tmp_path, monkeypatch):
+    import time
+
+    monkeypatch.setattr(time, "strftime", lambda fmt: "20261129-061500")
+    paths = [training.default_workdir(str(tmp_path / "runs")) for _ in range(3)]
+    assert [p.split("/")[-1] for p in paths] == ["20261129-061500", "20261129-061500-2", "20261129-061500-3"]
+    assert all((tmp_path / "runs" / p.split("/")[-1]).is_dir() for p in paths)
