@@ -162,12 +162,15 @@ class Batches:
         message = None
         try:
             return next(self._it)
+        except (tf.errors.NotFoundError, tf.errors.PermissionDeniedError) as e:
+            # A file listed at the start that has gone or become unreadable since.
+            message = f"a training image listed when the run started cannot be opened now ({e.message.splitlines()[0]})"
         except tf.errors.OpError as e:
             if UNREADABLE not in e.message:
                 raise
             message = e.message.split(UNREADABLE, 1)[1].splitlines()[0]
         self.close()  # outside the except block: the error keeps no frame that holds the iterator
-        raise datasets.DatasetError(f"{message}; remove or replace the file and run the same command "
+        raise datasets.DatasetError(f"{message}; remove, replace or restore the file and run the same command "
                                     f"again (it resumes from the last checkpoint)")
 
     def close(self) -> None:

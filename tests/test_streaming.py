@@ -164,3 +164,21 @@ def test_a_decode_error_leaves_no_tf_data_iterator_alive(tmp_path):
             next(healthy)
     finally:
         gc.enable()
+
+
+def test_a_file_gone_since_the_listing_is_named_with_what_to_do(tmp_path):
+    from cyclejax import datasets, input_pipeline
+    from tests.conftest import tiny_config
+
+    for split in ("trainA", "trainB"):
+        (tmp_path / split).mkdir()
+        for i in range(2):
+            _photo(40, 40, i).save(tmp_path / split / f"{i}.jpg")
+    config = tiny_config(batch_size=1, dataset=str(tmp_path), preprocess="resize_and_crop", load_size=36)
+    A, B = (datasets.load_split(str(tmp_path), s) for s in ("trainA", "trainB"))
+    (tmp_path / "trainA" / "1.jpg").unlink()  # after the listing, before the read
+    with input_pipeline.train_batches(A, B, config, 0) as batches:
+        with pytest.raises(datasets.DatasetError, match=r"listed when the run started cannot be opened now .*"
+                                                        r"trainA/1.jpg.*restore the file and run the same command"):
+            for _ in range(4):
+                next(batches)
