@@ -85,6 +85,7 @@ def restore_latest(mngr: ocp.CheckpointManager, like: TrainState, config: ml_col
             damaged.append((step, _short(e)))
             continue
         check_compatible(saved, config, str(mngr.directory))  # a mismatch is the user's, not damage
+        _check_shapes(mngr, step, like)
         try:
             restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
         except Exception as e:  # noqa: BLE001 - TensorStore reports truncated or missing data variously
@@ -99,6 +100,30 @@ def restore_latest(mngr: ocp.CheckpointManager, like: TrainState, config: ml_col
             f"{mngr.directory} holds checkpoints of steps {sorted(steps)} and none can be read "
             f"(step {damaged[0][0]}: {damaged[0][1]}). Move that folder away to start afresh.")
     return None
+
+
+def _names(path) -> tuple:
+    """A key path as plain names, whether its nodes are dicts or dataclasses."""
+    return tuple(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))) for k in path)
+
+
+def _check_shapes(mngr: ocp.CheckpointManager, step: int, like: TrainState) -> None:
+    """CheckpointMismatch when a saved array's shape is not this run's (images of another size:
+    the image pools), read from the checkpoint's metadata: a restore would fail as if the
+    checkpoint were damaged. Metadata that cannot be read is left to the restore to judge."""
+    try:
+        tree = ocp.StandardCheckpointer().metadata(mngr.directory / str(step) / "state").item_metadata.tree
+    except Exception:  # noqa: BLE001 - damaged metadata: the restore reports it
+        return
+    saved = {_names(p): tuple(m.shape) for p, m in jax.tree_util.tree_leaves_with_path(tree) if hasattr(m, "shape")}
+    for path, leaf in jax.tree_util.tree_leaves_with_path(like):
+        want, have = tuple(np.shape(leaf)), saved.get(_names(path))
+        if have is not None and have != want:
+            name = "/".join(str(n) for n in _names(path))
+            raise CheckpointMismatch(
+                f"the checkpoint in {mngr.directory} (step {step}) holds {name} of shape {have}, this run needs "
+                f"{want}: the training images have another size (preprocess, load_size, crop_size or the "
+                "dataset changed). Use a fresh --workdir, or the settings the checkpoint was made with.")
 
 
 def _silence_abandoned_reads() -> None:

@@ -72,3 +72,22 @@ def test_default_workdirs_started_in_the_same_second_are_distinct(tmp_path, monk
     paths = [training.default_workdir(str(tmp_path / "runs")) for _ in range(3)]
     assert [p.split("/")[-1] for p in paths] == ["20261129-061500", "20261129-061500-2", "20261129-061500-3"]
     assert all((tmp_path / "runs" / p.split("/")[-1]).is_dir() for p in paths)
+
+
+@pytest.mark.slow
+def test_a_checkpoint_of_another_image_size_is_a_mismatch_not_damage(tmp_path):
+    """preprocess='none' on images of another size: the pools' shapes differ. Refused naming the
+    array and both shapes; nothing is set aside as damaged and the checkpoint still resumes."""
+    from tests.test_input_pipeline import _folder
+
+    small = _folder(tmp_path / "small", [(32, 32)] * 2, [(32, 32)] * 2)
+    large = _folder(tmp_path / "large", [(40, 40)] * 2, [(40, 40)] * 2)
+    run = tmp_path / "run"
+    training.train_and_evaluate(tiny_config(max_steps=2, preprocess="none", dataset=small, eval_at_end=False), run)
+    with pytest.raises(checkpoints.CheckpointMismatch, match=r"holds pool_A/images of shape \(5, 32, 32, 3\), this "
+                                                             r"run needs \(5, 40, 40, 3\)"):
+        training.train_and_evaluate(tiny_config(max_steps=4, preprocess="none", dataset=large, eval_at_end=False), run)
+    assert not (run / "damaged_checkpoints").exists()
+    again = training.train_and_evaluate(tiny_config(max_steps=4, preprocess="none", dataset=small,
+                                                    eval_at_end=False), run)
+    assert again["step"] == 4
