@@ -127,9 +127,12 @@ def _header(path: epath.Path):
 def _folder_split(dataset: str, split: str) -> Split:
     root = storage.resolve(dataset)
     if not root.is_dir():
+        remote = (" (a bucket path that cannot be listed: check its name, and that this machine has "
+                  "credentials that may read it, e.g. `gcloud auth application-default login` or "
+                  "GOOGLE_APPLICATION_CREDENTIALS)") if storage.is_remote(dataset) else ""
         raise DatasetError(
             f"dataset {dataset!r} is neither 'embedded', a TFDS name (cycle_gan/<name>, one of "
-            f"{', '.join(TFDS_NAMES)}) nor an existing folder"
+            f"{', '.join(TFDS_NAMES)}) nor an existing folder{remote}"
         )
     folder = root / split
     if not folder.is_dir():

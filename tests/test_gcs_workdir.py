@@ -153,6 +153,13 @@ def test_gs_folder_dataset_trains_and_translates(gcs, tmp_path):
                 text=True, timeout=300), gcs)
     assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == ["0.png", "1.png", "2.png"]
     assert Image.open(tmp_path / "out" / "2.png").size == (48, 56)
+    # A bucket path that cannot be listed: the error says what to check.
+    bad = gcs.run([sys.executable, "-m", "cyclejax.train", f"--workdir={tmp_path / 'run2'}",
+                   f"--config={ROOT / 'cyclejax' / 'configs' / 'default.py'}:tiny",
+                   f"--config.dataset={gcs.url('nothing-here')}"], cwd=tmp_path, capture_output=True, text=True,
+                  timeout=300)
+    assert bad.returncode == 2 and "a bucket path that cannot be listed: check its name, and that this machine has " \
+        "credentials" in bad.stderr and "Traceback" not in bad.stderr, bad.stderr[-2000:]
 
 
 @pytest.mark.slow
