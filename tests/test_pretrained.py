@@ -10,7 +10,21 @@ from cyclejax.downloads import DownloadError
 from cyclejax.errors import UserError
 from tests.test_downloads import loopback
 
-GENERATOR = b"a generator's bytes"
+
+
+def _state_dict_bytes() -> bytes:
+    """A small PyTorch state dict in torch's legacy format, as the released files are (the
+    download reads it before caching it)."""
+    import io
+
+    import torch
+
+    buf = io.BytesIO()
+    torch.save({"model.1.weight": torch.arange(6.0).reshape(2, 3)}, buf, _use_new_zipfile_serialization=False)
+    return buf.getvalue()
+
+
+GENERATOR = _state_dict_bytes()
 INCEPTION = b"not really an Inception network"
 
 
