@@ -76,9 +76,10 @@ def preprocess(img: tf.Tensor, seed: tf.Tensor, config, train: bool) -> tf.Tenso
         else:
             img = tf.image.resize_with_crop_or_pad(img, crop, crop)
     if mode == "none":
-        # Sizes rounded to a multiple of 4, as the official __make_power_2(base=4).
+        # Sizes rounded to a multiple of 4, as the official __make_power_2(base=4): Python's
+        # round, halves to even, as tf.round (preprocessing.train_size).
         h, w = tf.shape(img)[0], tf.shape(img)[1]
-        new_h, new_w = tf.maximum(4, (h + 2) // 4 * 4), tf.maximum(4, (w + 2) // 4 * 4)
+        new_h, new_w = (tf.maximum(4, tf.cast(tf.round(tf.cast(n, tf.float64) / 4), tf.int32) * 4) for n in (h, w))
         img = tf.cond(tf.logical_and(new_h == h, new_w == w), lambda: img,
                       lambda: tf.image.resize(img, (new_h, new_w), method="bicubic"))
     if train and not config.no_flip:

@@ -24,8 +24,8 @@ def train_size(config, height: int, width: int) -> tuple[int, int]:
     crop_size x crop_size.
     """
     mode, load, crop = preprocess_mode(config), config.load_size, config.crop_size
-    if mode == "none":  # the official __make_power_2(base=4), as input_pipeline rounds
-        return max(4, (height + 2) // 4 * 4), max(4, (width + 2) // 4 * 4)
+    if mode == "none":  # the official __make_power_2(base=4): round() halves to even, as tf.round
+        return max(4, round(height / 4) * 4), max(4, round(width / 4) * 4)
     if mode == "scale_width":  # the official __scale_width to load_size, height at least crop_size
         return max(int(load * height / width), crop), load
     return crop, crop
