@@ -3,7 +3,8 @@
 `--dataset=embedded` gives the paired errors and baselines of the train command's eval.json;
 any other dataset (TFDS `cycle_gan/<name>` or a folder with testA/ and testB/) FID and KID
 of both directions with clean-fid's conventions (`cyclejax.evaluation`). Writes the report
-as JSON (`--output`, default <model>/eval_<dataset>.json) and prints a table.
+as JSON (`--output`, default <model>/eval_<dataset>.json, or ./eval_<name>_<dataset>.json for a
+pretrained model's name) and prints a table.
 """
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ _MODEL = flags.DEFINE_string("model", None, "a generator bundle, a training --wo
                              "a pretrained model's name",
                              required=True)
 _DATASET = flags.DEFINE_string("dataset", "embedded", "embedded, cycle_gan/<name> or a folder with testA/ testB/")
-_OUTPUT = flags.DEFINE_string("output", None, "the JSON report (default: <model>/eval_<dataset>.json)")
+_OUTPUT = flags.DEFINE_string("output", None, "the JSON report (default: <model>/eval_<dataset>.json; "
+                             "./eval_<name>_<dataset>.json for a pretrained name)")
 _INCEPTION = flags.DEFINE_string("inception_weights", None,
                                  "pytorch-fid's Inception weights (.pth or .npz; default: downloaded once into "
                                  "~/.cache/cyclejax and sha256-checked); 'random' tests the pipeline with random "
