@@ -91,3 +91,13 @@ def test_a_checkpoint_of_another_image_size_is_a_mismatch_not_damage(tmp_path):
     again = training.train_and_evaluate(tiny_config(max_steps=4, preprocess="none", dataset=small,
                                                     eval_at_end=False), run)
     assert again["step"] == 4
+
+
+@pytest.mark.slow
+def test_a_model_with_dropout_trains_writes_samples_and_scores(tmp_path):
+    """no_dropout=False: the sample grids and the embedded score apply the generators outside
+    the train step (dropout on, a fixed key); they raised flax's InvalidRngError before."""
+    result = training.train_and_evaluate(tiny_config(max_steps=2, no_dropout=False, sample_every=1,
+                                                     eval_at_end=True), tmp_path / "run")
+    assert result["step"] == 2 and set(result["eval"]) >= {"AtoB", "BtoA"}
+    assert sorted(p.name for p in (tmp_path / "run" / "samples").iterdir())[-1] == "step_00000002.png"
