@@ -64,14 +64,16 @@ def benchmark(netG: str, netD: str, size: int, batch: int, dtype: str, ngf: int,
 
     options = train_step.compiler_options(model, shape, shape, batch // jax.device_count())
     t0 = time.perf_counter()
-    compiled = train_step.jit_train_step(model, mesh, options).lower(state, data).compile()
+    lowered = train_step.jit_train_step(model, mesh, options).lower(state, data)
+    compiled = lowered.compile()
     compile_s = time.perf_counter() - t0
     # The step's model FLOPs, all devices together: XLA's count of the step written with XLA's
     # convolutions, before optimisation. The compiled program's count would miss what custom
     # calls compute (oneDNN's here, cuDNN's on a GPU) and, partitioned, count one device's share.
-    xla_model = model if convolution.resolve(conv_impl) == "xla" else model_lib.build(
-        _config(netG, netD, ngf, ndf, dtype, batch, "xla"), steps_per_epoch=1000)
-    flops = compiled_flops(train_step.jit_train_step(xla_model, mesh).lower(state, data))
+    if convolution.resolve(conv_impl) != "xla":
+        xla_model = model_lib.build(_config(netG, netD, ngf, ndf, dtype, batch, "xla"), steps_per_epoch=1000)
+        lowered = train_step.jit_train_step(xla_model, mesh).lower(state, data)
+    flops = compiled_flops(lowered)
     print(f"compiled in {compile_s:.1f} s; {flops / 1e12:.3f} TFLOP per step (XLA cost analysis)", flush=True)
 
     for i in range(warmup):
