@@ -1,6 +1,7 @@
 """Refuses impossible configs before anything compiles, naming the key and what is allowed."""
 from __future__ import annotations
 
+import jax
 import ml_collections
 
 from cyclejax import convolution, layers, losses, model, networks, preprocessing
@@ -26,6 +27,13 @@ def validate(config: ml_collections.ConfigDict, device_count: int, process_count
     _one_of(config, "direction", ("AtoB", "BtoA"))
     _one_of(config, "dtype", tuple(model.DTYPES))
     _one_of(config, "conv_impl", convolution.IMPLS)
+    if config.dtype == "float64" and not jax.config.jax_enable_x64:
+        raise ConfigError("config.dtype='float64' needs 64-bit JAX: run with JAX_ENABLE_X64=1 (float64 is for "
+                          "exactness checks; float32 and bfloat16 are the training dtypes)")
+    try:  # an explicit conv_impl this process cannot run (oneDNN on a GPU, bfloat16 on an AVX2 CPU, ...)
+        convolution.resolve(config.conv_impl, dtype=model.DTYPES[config.dtype])
+    except (ValueError, RuntimeError) as e:
+        raise ConfigError(f"config.{e}") from None
     for key in ("ngf", "ndf", "batch_size", "crop_size", "load_size", "input_nc", "output_nc", "n_layers_D"):
         if int(config.get(key)) < 1:
             raise ConfigError(f"config.{key}={config.get(key)!r} must be a positive integer")

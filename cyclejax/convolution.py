@@ -33,7 +33,7 @@ Under `matmul` and the mixed `auto`, strided layers and layers with fewer than 1
 channels (the 3-channel image input) keep XLA's convolution: XLA:CPU ran those as fast as
 or faster than the product forms we tried (space-to-depth, im2col, per-tap slices), and
 padding the 3 input channels to 4, 8 or 16 only made them slower. In bfloat16 the products take bfloat16
-operands and sum in float32, as XLA's convolution does.
+operands and sum in float32, as XLA's convolution does; in float64 everything is float64.
 """
 from __future__ import annotations
 
@@ -47,17 +47,21 @@ IMPLS = ("auto", "xla", "matmul", "onednn")
 MIN_MATMUL_CHANNELS = 16  # fewer input channels: XLA's convolution; fewer output channels: taps_out
 
 
-def resolve(impl: str, backend: str | None = None) -> str:
-    """The implementation `impl` names on `backend` (default: JAX's): 'xla', 'matmul',
-    'onednn', or 'auto' for the mixed CPU form (a choice per layer, see `form`).
+def resolve(impl: str, backend: str | None = None, dtype=None) -> str:
+    """The implementation `impl` names on `backend` (default: JAX's) for networks computing in
+    `dtype` (default float32): 'xla', 'matmul', 'onednn', or 'auto' for the mixed CPU form (a
+    choice per layer, see `form`).
 
-    'auto' is 'xla' on GPU and TPU; on CPU 'onednn' where the extension loads, else the
-    mixed form. An explicit 'onednn' that cannot run is an error here,
-    when the model is built, with the reason.
+    'auto' is 'xla' on GPU and TPU; on CPU 'onednn' where the extension loads (in bfloat16 on
+    a CPU whose oneDNN has no bfloat16 convolutions, oneDNN's float32 ones on the same
+    bfloat16 operands: `onednn_operands`), else the mixed form; in float64, which oneDNN
+    does not compute, 'xla'. An explicit 'onednn' that cannot run is an error here, when the
+    model is built, with the reason.
     """
     if impl not in IMPLS:
         raise ValueError(f"conv_impl must be one of {IMPLS}, got {impl!r}")
     backend = backend or jax.default_backend()
+    dtype = jnp.dtype(dtype or jnp.float32)
     if impl == "onednn":
         if backend != "cpu":
             raise ValueError(f"conv_impl='onednn' runs on CPU only; this process computes on {backend} "
@@ -65,15 +69,24 @@ def resolve(impl: str, backend: str | None = None) -> str:
         if not onednn.available():
             raise RuntimeError(f"conv_impl='onednn' cannot run: {onednn.unavailable_reason()}; "
                                "conv_impl='auto' falls back to the pure-JAX convolutions")
+        if dtype not in (jnp.float32, jnp.bfloat16):
+            raise ValueError(f"conv_impl='onednn' computes in float32 or bfloat16, not {dtype}; "
+                             "use conv_impl='xla' or 'matmul' (or 'auto')")
+        if not onednn.supports(dtype):
+            raise RuntimeError(f"conv_impl='onednn' cannot run in {dtype}: {onednn.unsupported_reason(dtype)}; "
+                               "conv_impl='auto' runs oneDNN's float32 convolutions on the bfloat16 operands")
     if impl == "auto":
         if backend != "cpu":
+            return "xla"
+        if dtype == jnp.float64:
             return "xla"
         if onednn.available():
             return "onednn"
     return impl
 
 
-def form(impl: str, stride: int, in_channels: int, out_channels: int, backend: str | None = None) -> str:
+def form(impl: str, stride: int, in_channels: int, out_channels: int, backend: str | None = None,
+         dtype=None) -> str:
     """How one layer is computed: 'onednn', 'xla', 'taps_in' or 'taps_out'.
 
     'onednn' takes oneDNN's convolution for every layer. 'matmul' takes matrix products for
@@ -83,7 +96,7 @@ def form(impl: str, stride: int, in_channels: int, out_channels: int, backend: s
     train step that mixed form measured faster than 'matmul' at 128² and 8 % slower at
     256², with 28 % less memory there (experiments/bench/README.md).
     """
-    impl = resolve(impl, backend)
+    impl = resolve(impl, backend, dtype)
     if impl == "onednn":
         return "onednn"
     if impl == "xla" or stride != 1 or in_channels < MIN_MATMUL_CHANNELS:
@@ -103,9 +116,9 @@ def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1, padding: tuple[int,
     """
     ph, pw = padding
     kh, kw, c, o = kernel.shape
-    how = form(impl, stride, c, o)
+    how = form(impl, stride, c, o, dtype=x.dtype)
     if how == "onednn":
-        return onednn.conv2d(x, kernel, stride, padding)
+        return onednn.conv2d(*onednn_operands(x, kernel), stride, padding)
     kernel = kernel.astype(x.dtype)
     if how == "xla":
         return lax.conv_general_dilated(x, kernel, (stride, stride), ((ph, ph), (pw, pw)),
@@ -117,6 +130,27 @@ def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1, padding: tuple[int,
         raise ValueError(f"a {kh}x{kw} convolution needs an input of at least that size, got {h}x{w}")
     y = _taps_in(x, kernel) if how == "taps_in" else _taps_out(x, kernel)
     return y.reshape(n, h, w, o)[:, : h - kh + 1, : w - kw + 1]
+
+
+def onednn_operands(x: jax.Array, kernel: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(x, kernel) as oneDNN takes them on this CPU. bfloat16 where its oneDNN has no bfloat16
+    convolutions (no avx512_bf16 or AMX: `onednn.supports`, decided once per process): x in
+    float32 (exact) and the kernel rounded to bfloat16 in float32, so that oneDNN's float32
+    convolution computes what its bfloat16 one would (products of bfloat16 values are exact
+    in float32, sums in float32), with x's gradient in bfloat16 and the kernel's in float32."""
+    if x.dtype != jnp.bfloat16 or onednn.supports(jnp.bfloat16):
+        return x, kernel
+    return x.astype(jnp.float32), _rounded_to_bfloat16(kernel.astype(jnp.float32))
+
+
+@jax.custom_vjp
+def _rounded_to_bfloat16(k: jax.Array) -> jax.Array:
+    """k rounded to bfloat16, kept in float32; its gradient passes unrounded (as oneDNN's
+    bfloat16 convolution returns a float32 kernel's gradient)."""
+    return k.astype(jnp.bfloat16).astype(k.dtype)
+
+
+_rounded_to_bfloat16.defvjp(lambda k: (_rounded_to_bfloat16(k), None), lambda _, g: (g,))
 
 
 def _offsets(kh: int, kw: int, w: int) -> list[int]:
@@ -135,12 +169,14 @@ def _sum_of_taps(rows: jax.Array, taps: jax.Array, offsets: list[int], pixels: i
     A loop, not nine independent products: XLA:CPU would otherwise keep every tap's slice
     and product alive at once (measured: 4x the generator's temporary memory).
     """
+    acc_dtype = jnp.promote_types(rows.dtype, jnp.float32)  # float64 in a float64 network
+
     def add_tap(acc, tap):
         off, weights = tap
         return acc + jnp.dot(lax.dynamic_slice_in_dim(rows, off, pixels), weights,
-                             preferred_element_type=jnp.float32), None
+                             preferred_element_type=acc_dtype), None
 
-    start = jnp.zeros((pixels, taps.shape[-1]), jnp.float32)
+    start = jnp.zeros((pixels, taps.shape[-1]), acc_dtype)
     return lax.scan(add_tap, start, (jnp.asarray(offsets, jnp.int32), taps))[0]
 
 
@@ -174,7 +210,7 @@ def _taps_in_bwd(saved, dy):
 
     def tap_gradient(_, off):
         return None, lax.dot_general(lax.dynamic_slice_in_dim(flat, off, pixels), dy, (((0,), (0,)), ((), ())),
-                                     preferred_element_type=jnp.float32)
+                                     preferred_element_type=jnp.promote_types(flat.dtype, jnp.float32))
 
     dk = lax.scan(tap_gradient, None, jnp.asarray(offsets, jnp.int32))[1]
     return dx.astype(x.dtype).reshape(x.shape), dk.reshape(kernel.shape).astype(kernel.dtype)
@@ -191,5 +227,5 @@ def _taps_out(x: jax.Array, kernel: jax.Array) -> jax.Array:
     offsets = _offsets(kh, kw, w)
     pixels = n * h * w
     z = jnp.dot(_flat(x, offsets[-1]), kernel.transpose(2, 0, 1, 3).reshape(c, kh * kw * o),
-                preferred_element_type=jnp.float32).reshape(-1, kh * kw, o)
+                preferred_element_type=jnp.promote_types(x.dtype, jnp.float32)).reshape(-1, kh * kw, o)
     return sum(lax.slice_in_dim(z[:, t], off, off + pixels) for t, off in enumerate(offsets)).astype(x.dtype)

@@ -32,11 +32,10 @@ def query(pool: ImagePool, images: jax.Array, key: jax.Array) -> tuple[ImagePool
     images = images.astype(pool.images.dtype)
 
     def one(pool: ImagePool, inputs):
-        image, key = inputs
-        swap_key, slot_key = jax.random.split(key)
+        image, p, random_slot = inputs
         full = pool.count >= pool.size
-        swap = jnp.logical_and(full, jax.random.uniform(swap_key) > 0.5)
-        slot = jnp.where(full, jax.random.randint(slot_key, (), 0, pool.size), pool.count)
+        swap = jnp.logical_and(full, p > 0.5)
+        slot = jnp.where(full, random_slot, pool.count)
         store = jnp.logical_or(jnp.logical_not(full), swap)
         stored = pool.images[slot]
         returned = jnp.where(swap, stored, image)
@@ -44,5 +43,14 @@ def query(pool: ImagePool, images: jax.Array, key: jax.Array) -> tuple[ImagePool
         new_count = jnp.minimum(pool.count + 1, pool.size)
         return ImagePool(new_images, new_count), returned
 
-    keys = jax.random.split(key, images.shape[0])
-    return jax.lax.scan(one, pool, (images, keys))
+    return jax.lax.scan(one, pool, (images, *draws(key, images.shape[0], pool.size)))
+
+
+def draws(key: jax.Array, n: int, size: int) -> tuple[jax.Array, jax.Array]:
+    """The random numbers `query` uses for a batch of `n`: per image the official
+    `random.uniform(0, 1)` (a swap when > 0.5) and `random.randint(0, size - 1)` (the slot)."""
+    def one(key):
+        swap_key, slot_key = jax.random.split(key)
+        return jax.random.uniform(swap_key), jax.random.randint(slot_key, (), 0, size)
+
+    return jax.vmap(one)(jax.random.split(key, n))

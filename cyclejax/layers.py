@@ -44,9 +44,16 @@ def reflect_pad(x: jax.Array, pad: int) -> jax.Array:
     return jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="reflect")
 
 
+def full_precision(dtype: Dtype) -> jnp.dtype:
+    """The dtype of parameters, norms and sums for a network computing in `dtype`: float32 for
+    bfloat16 and float32 networks, float64 for float64 ones (exactness checks, with x64 on)."""
+    return jnp.promote_types(dtype, jnp.float32)
+
+
 def instance_norm(x: jax.Array, eps: float = 1e-5) -> jax.Array:
-    """`nn.InstanceNorm2d(affine=False)`: per sample and channel over H and W, in float32."""
-    x = x.astype(jnp.float32)
+    """`nn.InstanceNorm2d(affine=False)`: per sample and channel over H and W, in float32 (float64
+    for float64 input)."""
+    x = x.astype(full_precision(x.dtype))
     mean = jnp.mean(x, axis=(1, 2), keepdims=True)
     var = jnp.mean(jnp.square(x - mean), axis=(1, 2), keepdims=True)
     return (x - mean) * jax.lax.rsqrt(var + eps)
@@ -78,8 +85,9 @@ class Conv(nn.Module):
     """`nn.Conv2d(in, features, kernel_size, stride, padding, bias)` with zero padding.
 
     `kernel_size` and `padding` are an int or an (h, w) pair. Parameters are kept in float32
-    (`kernel` (kh, kw, in, out), `bias`); the convolution runs in `dtype`, implemented as
-    `conv_impl` says (`cyclejax.convolution.IMPLS`; every one computes the same function).
+    (`kernel` (kh, kw, in, out), `bias`; float64 in a float64 network); the convolution runs in
+    `dtype`, implemented as `conv_impl` says (`cyclejax.convolution.IMPLS`; every one computes
+    the same function).
     """
 
     features: int
@@ -92,10 +100,12 @@ class Conv(nn.Module):
     conv_impl: str = "auto"
 
     def kernel_and_bias(self, in_features: int) -> tuple[jax.Array, jax.Array | None]:
-        """The float32 parameters (the convolution casts the kernel to the compute dtype)."""
+        """The parameters, float32 (float64 in a float64 network); the convolution casts the kernel
+        to the compute dtype."""
         kh, kw = _pair(self.kernel_size)
-        kernel = self.param("kernel", self.kernel_init, (kh, kw, in_features, self.features), jnp.float32)
-        bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32) if self.use_bias else None
+        dtype = full_precision(self.dtype)
+        kernel = self.param("kernel", self.kernel_init, (kh, kw, in_features, self.features), dtype)
+        bias = self.param("bias", nn.initializers.zeros, (self.features,), dtype) if self.use_bias else None
         return kernel, bias
 
     @nn.compact
@@ -150,8 +160,8 @@ def conv_transpose(x: jax.Array, kernel: jax.Array, stride: int, padding: int, o
     """`F.conv_transpose2d` (no bias) for outputs of exactly `stride` times the input size."""
     n, h, w, _ = x.shape
     k, cout = kernel.shape[0], kernel.shape[-1]
-    if convolution.form(impl, 1, kernel.shape[2], cout) == "onednn" and output_padding <= padding:
-        return onednn.conv_transpose(x, kernel, stride, padding, output_padding)
+    if convolution.form(impl, 1, kernel.shape[2], cout, dtype=x.dtype) == "onednn" and output_padding <= padding:
+        return onednn.conv_transpose(*convolution.onednn_operands(x, kernel), stride, padding, output_padding)
     if k + output_padding - 2 * padding != stride:
         raise ValueError(
             f"sub-pixel transposed conv needs kernel + output_padding - 2*padding == stride, "
@@ -197,12 +207,13 @@ class BatchNorm(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         c = x.shape[-1]
-        x = x.astype(jnp.float32)
+        dtype = full_precision(x.dtype)  # float32, float64 in a float64 network
+        x = x.astype(dtype)
         gain = self.init_gain
-        scale = self.param("scale", lambda key, shape: 1.0 + gain * jax.random.normal(key, shape), (c,))
-        bias = self.param("bias", nn.initializers.zeros, (c,))
-        ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((c,), jnp.float32))
-        ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((c,), jnp.float32))
+        scale = self.param("scale", lambda key, shape: 1.0 + gain * jax.random.normal(key, shape, dtype), (c,))
+        bias = self.param("bias", nn.initializers.zeros, (c,), dtype)
+        ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((c,), dtype))
+        ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((c,), dtype))
         if train:
             mean = jnp.mean(x, axis=(0, 1, 2))
             var = jnp.mean(jnp.square(x - mean), axis=(0, 1, 2))

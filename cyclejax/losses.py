@@ -14,9 +14,14 @@ GAN_MODES = ("lsgan", "vanilla", "wgangp")
 METRICS = ("D_A", "G_A", "cycle_A", "idt_A", "D_B", "G_B", "cycle_B", "idt_B")
 
 
+def _full(x: jax.Array) -> jax.Array:
+    """x in float32, or float64 where it is (a float64 network)."""
+    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
 def gan_loss(prediction: jax.Array, target_is_real: bool, gan_mode: str = "lsgan") -> jax.Array:
     """`GANLoss(gan_mode)(prediction, target_is_real)` on discriminator logits."""
-    prediction = prediction.astype(jnp.float32)
+    prediction = _full(prediction)
     target = 1.0 if target_is_real else 0.0
     if gan_mode == "lsgan":
         return jnp.mean(jnp.square(prediction - target))
@@ -30,7 +35,7 @@ def gan_loss(prediction: jax.Array, target_is_real: bool, gan_mode: str = "lsgan
 
 def l1(a: jax.Array, b: jax.Array) -> jax.Array:
     """`nn.L1Loss()`: the mean absolute difference over every element."""
-    return jnp.mean(jnp.abs(a.astype(jnp.float32) - b.astype(jnp.float32)))
+    return jnp.mean(jnp.abs(_full(a) - _full(b)))
 
 
 def gradient_penalty(
@@ -46,8 +51,13 @@ def gradient_penalty(
     x̂ = α·real + (1 − α)·fake with one α ~ U[0, 1) per sample; the gradient is that of
     sum(D(x̂)) (torch's `grad_outputs=ones`), its norm taken per sample over all pixels.
     """
-    alpha = jax.random.uniform(key, (real.shape[0],) + (1,) * (real.ndim - 1), jnp.float32)
+    alpha = interpolation_weights(key, real.shape[0], real.dtype).reshape((-1,) + (1,) * (real.ndim - 1))
     interpolates = alpha * real + (1.0 - alpha) * fake
     grads = jax.grad(lambda x: jnp.sum(discriminator(x)))(interpolates)
     norms = jnp.linalg.norm(grads.reshape(grads.shape[0], -1) + 1e-16, axis=1)
     return lambda_gp * jnp.mean(jnp.square(norms - constant))
+
+
+def interpolation_weights(key: jax.Array, n: int, dtype=jnp.float32) -> jax.Array:
+    """The penalty's α, one per sample, U[0, 1) (float32, float64 for float64 images)."""
+    return jax.random.uniform(key, (n,), jnp.promote_types(dtype, jnp.float32))

@@ -5,6 +5,7 @@ A static description (no arrays); the arrays live in the `TrainState` pytree.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -13,9 +14,10 @@ import ml_collections
 import numpy as np
 import optax
 
-from cyclejax import convolution, networks, optim
+from cyclejax import convolution, layers, networks, optim
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# float64 is for exactness checks against float64 references (it needs JAX_ENABLE_X64=1).
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float64": jnp.float64}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,10 +34,16 @@ class CycleGAN:
     lambda_B: float = 10.0
     lambda_identity: float = 0.5
     pool_size: int = 50
+    dtype: Any = jnp.float32  # the networks' compute dtype
 
     @property
     def uses_identity(self) -> bool:
         return self.lambda_identity > 0
+
+    @property
+    def image_dtype(self) -> Any:
+        """What images, pools and losses are held in: float32, float64 in a float64 model."""
+        return layers.full_precision(self.dtype)
 
 
 def apply_train_mode(net: nn.Module, params, batch_stats, x, rngs=None):
@@ -54,15 +62,20 @@ def apply_train_mode(net: nn.Module, params, batch_stats, x, rngs=None):
     return net.apply({"params": params}, x, train=True, rngs=rngs)
 
 
-def build(config: ml_collections.ConfigDict, steps_per_epoch: int) -> CycleGAN:
-    """The CycleGAN a config describes (keys named as the official options)."""
+def build(config: ml_collections.ConfigDict, steps_per_epoch: int, backend: str | None = None) -> CycleGAN:
+    """The CycleGAN a config describes (keys named as the official options), with the
+    convolutions `conv_impl` takes on `backend` (default: JAX's; 'cuda' or 'tpu' to export
+    for a device this process does not have)."""
     dtype = DTYPES[config.get("dtype", "float32")]
-    impl = convolution.resolve(config.get("conv_impl", "auto"))
+    if dtype == jnp.float64 and not jax.config.jax_enable_x64:
+        raise ValueError("dtype='float64' needs 64-bit JAX: set JAX_ENABLE_X64=1 (or run inside jax.enable_x64())")
+    impl = convolution.resolve(config.get("conv_impl", "auto"), backend, dtype)
     g = dict(ngf=config.ngf, norm=config.norm, use_dropout=not config.no_dropout,
              init_type=config.init_type, init_gain=config.init_gain, dtype=dtype, conv_impl=impl)
     d = dict(ndf=config.ndf, n_layers_D=config.n_layers_D, norm=config.norm,
              init_type=config.init_type, init_gain=config.init_gain, dtype=dtype, conv_impl=impl)
-    schedule = optim.learning_rate_schedule(config.lr, config.n_epochs, config.n_epochs_decay, steps_per_epoch)
+    schedule = optim.learning_rate_schedule(config.lr, config.n_epochs, config.n_epochs_decay, steps_per_epoch,
+                                            layers.full_precision(dtype))
     return CycleGAN(
         G_A=networks.define_G(config.netG, config.input_nc, config.output_nc, **g),
         G_B=networks.define_G(config.netG, config.output_nc, config.input_nc, **g),
@@ -76,6 +89,7 @@ def build(config: ml_collections.ConfigDict, steps_per_epoch: int) -> CycleGAN:
         lambda_B=config.lambda_B,
         lambda_identity=config.lambda_identity,
         pool_size=config.pool_size,
+        dtype=dtype,
     )
 
 

@@ -13,8 +13,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cyclejax.layers import (INIT_TYPES, NORMS, Conv, ConvTranspose, Dtype, ModuleDef, conv_bias, kernel_init,
-                             norm_layer, reflect_pad)
+from cyclejax.layers import (INIT_TYPES, NORMS, Conv, ConvTranspose, Dtype, ModuleDef, conv_bias, full_precision,
+                             kernel_init, norm_layer, reflect_pad)
 
 GENERATOR_ARCHS = ("resnet_9blocks", "resnet_6blocks", "unet_256", "unet_128")
 DISCRIMINATOR_ARCHS = ("basic", "n_layers", "pixel")
@@ -88,7 +88,7 @@ class ResnetGenerator(Generator):
             h = nn.relu(self.norm(name=f"model_{i + 1}")(h, train))
             i += 3
         h = self.conv(self.output_nc, 7, use_bias=True, name=f"model_{i + 1}")(reflect_pad(h, 3))
-        return jnp.tanh(h.astype(jnp.float32))
+        return jnp.tanh(h.astype(full_precision(h.dtype)))
 
 
 class UnetSkipConnectionBlock(nn.Module):
@@ -112,7 +112,7 @@ class UnetSkipConnectionBlock(nn.Module):
             h = down("model_0")(x)
             h = self._submodule("model_1")(h, train)
             h = up("model_3", use_bias=True)(nn.relu(h))
-            return jnp.tanh(h.astype(jnp.float32))
+            return jnp.tanh(h.astype(full_precision(h.dtype)))
         if self.depth_below == 0:  # innermost
             h = down("model_1")(nn.leaky_relu(x, 0.2))
             h = up("model_3")(nn.relu(h))
@@ -180,7 +180,7 @@ class NLayerDiscriminator(Discriminator):
             h = nn.leaky_relu(self.norm(name=f"model_{i + 1}")(h, train), 0.2)
             i += 3
         h = self.conv(1, 4, 1, 1, use_bias=True, name=f"model_{i}")(h)
-        return h.astype(jnp.float32)
+        return h.astype(full_precision(h.dtype))
 
 
 class PixelDiscriminator(Discriminator):
@@ -192,7 +192,8 @@ class PixelDiscriminator(Discriminator):
         h = nn.leaky_relu(self.conv(self.ndf, 1, use_bias=True, name="net_0")(x), 0.2)
         h = self.conv(self.ndf * 2, 1, name="net_2")(h)
         h = nn.leaky_relu(self.norm(name="net_3")(h, train), 0.2)
-        return self.conv(1, 1, name="net_5")(h).astype(jnp.float32)
+        h = self.conv(1, 1, name="net_5")(h)
+        return h.astype(full_precision(h.dtype))
 
 
 def layer_defs(norm: str = "instance", init_type: str = "normal", init_gain: float = 0.02,

@@ -33,6 +33,7 @@ import ctypes
 import functools
 import importlib.metadata
 import importlib.util
+import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -113,6 +114,62 @@ def available() -> bool:
 def unavailable_reason() -> str | None:
     """Why `available()` is False (None when it is True)."""
     return _load()
+
+
+# Convolutions asked of oneDNN to learn whether it computes a dtype on this CPU: a generator's
+# first layer (7x7 from 3 channels), a ResNet block's layer, a strided discriminator layer.
+_PROBES = (((1, 14, 14, 3), (7, 7, 3, 16), (1, 8, 8, 16), 1, (0, 0)),
+           ((1, 8, 8, 16), (3, 3, 16, 16), (1, 8, 8, 16), 1, (1, 1)),
+           ((1, 8, 8, 16), (4, 4, 16, 32), (1, 4, 4, 32), 2, (1, 1)))
+_KINDS = (0, 1, 2)  # forward, backward-data, backward-weights
+AVX512_CORE = frozenset({"avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl"})  # oneDNN's avx512_core
+
+
+@functools.cache
+def supports(dtype) -> bool:
+    """Whether oneDNN computes convolutions with `dtype` operands on this CPU, decided once per
+    process by asking it for the primitives of a few of the networks' layers, every kind.
+
+    float32: wherever the extension loads. bfloat16: where oneDNN 2023.2 has bfloat16 kernels for
+    the CPU, from avx512_core up (emulated there; native with avx512_bf16 or AMX: Zen 4,
+    Cooper Lake, Sapphire Rapids); not on AVX2-only CPUs (Zen 3, Haswell to Alder Lake), nor
+    under ONEDNN_MAX_CPU_ISA=AVX2. Other dtypes: never.
+    """
+    dtype = jnp.dtype(dtype)
+    if not available() or dtype not in (jnp.float32, jnp.bfloat16):
+        return False
+    for x, k, y, stride, padding in _PROBES:
+        arrays = [(ctypes.c_int64 * 4)(*s) for s in (x, k, y)]
+        for kind in _KINDS:
+            if _library.CyclejaxConvPackedBytes(kind, dtype == jnp.bfloat16, *arrays, stride, *padding) < 0:
+                return False
+    return True
+
+
+def unsupported_reason(dtype) -> str:
+    """Why `supports(dtype)` is False: a sentence naming the CPU's missing feature."""
+    dtype = jnp.dtype(dtype)
+    if not available():
+        return unavailable_reason()
+    if dtype not in (jnp.float32, jnp.bfloat16):
+        return f"oneDNN's convolutions take float32 or bfloat16, not {dtype}"
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA")
+    if cap and AVX512_CORE <= cpu_flags():
+        return (f"ONEDNN_MAX_CPU_ISA={cap} caps oneDNN below avx512_core, the least instruction set its "
+                f"bfloat16 convolutions need")
+    missing = " ".join(sorted(AVX512_CORE - cpu_flags()))
+    return (f"this CPU lacks AVX-512 ({missing} not in /proc/cpuinfo's flags), which oneDNN's bfloat16 "
+            f"convolutions need (avx512_core at least; avx512_bf16 or AMX to run them at speed)")
+
+
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags as /proc/cpuinfo lists them (empty where there is none)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return frozenset(next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), []))
+    except OSError:
+        return frozenset()
 
 
 def peak_concurrency(reset: bool = False) -> int:
@@ -202,7 +259,9 @@ def _packed_size(kind: int, dtype: str, x_shape, kernel_shape, y_shape, stride: 
     arrays = [(ctypes.c_int64 * 4)(*s) for s in (x_shape, kernel_shape, y_shape)]
     nbytes = _library.CyclejaxConvPackedBytes(kind, dtype == "bfloat16", *arrays, stride, *padding)
     if nbytes < 0:
-        raise RuntimeError(f"oneDNN has no convolution for x {x_shape}, kernel {kernel_shape}, stride {stride}")
+        why = "" if supports(dtype) else f" ({unsupported_reason(dtype)})"
+        raise RuntimeError(f"oneDNN has no {dtype} convolution for x {x_shape}, kernel {kernel_shape}, "
+                           f"stride {stride}{why}")
     return nbytes // jnp.dtype(dtype).itemsize
 
 

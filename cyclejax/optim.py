@@ -8,6 +8,7 @@ per-step form of the same line: constant for `n_epochs` epochs, then linear to z
 """
 from __future__ import annotations
 
+import jax.numpy as jnp
 import optax
 
 
@@ -16,16 +17,20 @@ def official_multiplier(epoch: int, n_epochs: int, n_epochs_decay: int, epoch_co
     return 1.0 - max(0, epoch + epoch_count - n_epochs) / float(n_epochs_decay + 1)
 
 
-def learning_rate_schedule(lr: float, n_epochs: int, n_epochs_decay: int, steps_per_epoch: int) -> optax.Schedule:
-    """lr for `n_epochs * steps_per_epoch` steps, then linear decay to 0 over `n_epochs_decay` epochs."""
+def learning_rate_schedule(lr: float, n_epochs: int, n_epochs_decay: int, steps_per_epoch: int,
+                           dtype=jnp.float32) -> optax.Schedule:
+    """lr for `n_epochs * steps_per_epoch` steps, then linear decay to 0 over `n_epochs_decay` epochs,
+    computed in `dtype` (float64 for a float64 model: optax would round it to float32, as it
+    divides the int32 step count)."""
     if steps_per_epoch < 1:
         raise ValueError(f"steps_per_epoch must be at least 1, got {steps_per_epoch}")
-    return optax.linear_schedule(
+    schedule = optax.linear_schedule(
         init_value=lr,
         end_value=0.0,
         transition_steps=max(1, n_epochs_decay * steps_per_epoch),
         transition_begin=n_epochs * steps_per_epoch,
     )
+    return lambda count: schedule(jnp.asarray(count, dtype))
 
 
 def adam(schedule: optax.Schedule, beta1: float = 0.5, beta2: float = 0.999) -> optax.GradientTransformation:

@@ -142,18 +142,91 @@ def networks(netG: str, netD: str, ngf: int, ndf: int, n_layers_D: int = 3, norm
             "D_B": NLayerDiscriminator(ndf=ndf, n_layers=layers, norm=norm)}
 
 
+class ImagePool:
+    """The official `util/image_pool.ImagePool`. `random` stands for Python's `random` module
+    (its `uniform(0, 1)` and `randint(0, pool_size - 1)`, called as the official code calls
+    them): a test hands in an object that replays cyclejax's draws."""
+
+    def __init__(self, pool_size: int, random=None):
+        import random as python_random
+
+        self.pool_size = pool_size
+        self.random = random or python_random
+        self.num_imgs = 0
+        self.images: list[torch.Tensor] = []
+
+    def query(self, images: torch.Tensor) -> torch.Tensor:
+        if self.pool_size == 0:
+            return images
+        return_images = []
+        for image in images:
+            image = torch.unsqueeze(image.data, 0)
+            if self.num_imgs < self.pool_size:
+                self.num_imgs = self.num_imgs + 1
+                self.images.append(image)
+                return_images.append(image)
+            else:
+                p = self.random.uniform(0, 1)
+                if p > 0.5:
+                    random_id = self.random.randint(0, self.pool_size - 1)
+                    tmp = self.images[random_id].clone()
+                    self.images[random_id] = image
+                    return_images.append(tmp)
+                else:
+                    return_images.append(image)
+        return torch.cat(return_images, 0)
+
+
+def gradient_penalty(net: nn.Module, real: torch.Tensor, fake: torch.Tensor, alpha: torch.Tensor | None = None,
+                     constant: float = 1.0, lambda_gp: float = 10.0) -> torch.Tensor:
+    """The official `cal_gradient_penalty(type='mixed')`; `alpha` (one per sample) replaces its
+    `torch.rand(N, 1)` so that a test can give it cyclejax's draws."""
+    if alpha is None:
+        alpha = torch.rand(real.shape[0], 1, dtype=real.dtype, device=real.device)
+    alpha = alpha.reshape(real.shape[0], 1).expand(real.shape[0], real.nelement() // real.shape[0])
+    alpha = alpha.contiguous().view(*real.shape)
+    interpolates = (alpha * real + ((1 - alpha) * fake)).requires_grad_(True)
+    disc = net(interpolates)
+    gradients = torch.autograd.grad(outputs=disc, inputs=interpolates, grad_outputs=torch.ones_like(disc),
+                                    create_graph=True, retain_graph=True, only_inputs=True)[0]
+    gradients = gradients.view(real.size(0), -1)
+    return (((gradients + 1e-16).norm(2, dim=1) - constant) ** 2).mean() * lambda_gp
+
+
+def _batch_norm_state(net: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    return [(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone())
+            for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
+
+
+def _restore_batch_norm_state(net: nn.Module, saved) -> None:
+    for m, (mean, var, count) in zip((m for m in net.modules() if isinstance(m, nn.BatchNorm2d)), saved):
+        m.running_mean.copy_(mean)
+        m.running_var.copy_(var)
+        m.num_batches_tracked.copy_(count)
+
+
+def _wide(t: torch.Tensor) -> torch.Tensor:
+    """A loss's input at full precision: float32 from autocast's bfloat16, float64 kept as it is."""
+    return t.float() if t.dtype in (torch.bfloat16, torch.float16) else t
+
+
 class OfficialIteration:
-    """One official training iteration on `nets` (least-squares GAN loss, no image pool: the
-    pool's cost is nothing beside the networks', and the tests start with it empty).
+    """One official training iteration on `nets`, in any dtype the networks and images have.
 
     `forward`, `backward_G` and `backward_D` are the official methods; `optimize_parameters`
     calls them in the official order: forward both cycles, update G_A and G_B with the
-    discriminators frozen, then D_A and D_B on the detached fakes. `autocast` (a torch dtype)
-    runs the networks under torch.autocast, as the official code's `--amp` would.
+    discriminators frozen, then D_A and D_B on the detached fakes drawn through the image
+    pools (`pool_size`; `pool_random` replays a test's draws, see `ImagePool`). `gan_mode`
+    as the official GANLoss; with 'wgangp' each discriminator loss gets cyclejax's gradient
+    penalty (the official CycleGAN never calls it; docs/faithfulness.md), its interpolation
+    weights from `penalty_alpha(name)` where given, and, as cyclejax, the penalty's
+    discriminator call leaves batch-norm running statistics alone. `autocast` (a torch
+    dtype) runs the networks under torch.autocast, as the official code's `--amp` would.
     """
 
     def __init__(self, nets: dict[str, nn.Module], lr: float = 2e-4, beta1: float = 0.5, lambda_A: float = 10.0,
-                 lambda_B: float = 10.0, lambda_identity: float = 0.5, autocast: torch.dtype | None = None):
+                 lambda_B: float = 10.0, lambda_identity: float = 0.5, autocast: torch.dtype | None = None,
+                 gan_mode: str = "lsgan", pool_size: int = 0, pool_random=None, penalty_alpha=None):
         self.nets = nets
         self.G = list(nets["G_A"].parameters()) + list(nets["G_B"].parameters())
         self.D = list(nets["D_A"].parameters()) + list(nets["D_B"].parameters())
@@ -161,7 +234,13 @@ class OfficialIteration:
         self.opt_D = torch.optim.Adam(self.D, lr=lr, betas=(beta1, 0.999))
         self.lambda_A, self.lambda_B, self.lambda_identity = lambda_A, lambda_B, lambda_identity
         self.autocast = autocast
-        self.mse, self.l1 = nn.MSELoss(), nn.L1Loss()
+        self.gan_mode = gan_mode
+        if gan_mode not in ("lsgan", "vanilla", "wgangp"):
+            raise ValueError(f"gan_mode must be lsgan, vanilla or wgangp, got {gan_mode!r}")
+        self.fake_A_pool = ImagePool(pool_size, pool_random and pool_random("A"))
+        self.fake_B_pool = ImagePool(pool_size, pool_random and pool_random("B"))
+        self.penalty_alpha = penalty_alpha
+        self.l1 = nn.L1Loss()
         self.loss: dict[str, torch.Tensor] = {}
 
     def _amp(self):
@@ -180,27 +259,46 @@ class OfficialIteration:
             self.rec_B = self.nets["G_A"](self.fake_A)
 
     def _gan(self, pred: torch.Tensor, target_is_real: bool) -> torch.Tensor:
+        """The official `GANLoss(gan_mode)(pred, target_is_real)`."""
+        pred = _wide(pred)
+        if self.gan_mode == "wgangp":
+            return -pred.mean() if target_is_real else pred.mean()
         target = torch.ones_like(pred) if target_is_real else torch.zeros_like(pred)
-        return self.mse(pred.float(), target.float())
+        if self.gan_mode == "lsgan":
+            return nn.functional.mse_loss(pred, target)
+        return nn.functional.binary_cross_entropy_with_logits(pred, target)
 
     def backward_G(self) -> None:
         n, lA, lB, li = self.nets, self.lambda_A, self.lambda_B, self.lambda_identity
+        if li > 0:
+            with self._amp():
+                idt_A, idt_B = n["G_A"](self.real_B), n["G_B"](self.real_A)
+            self.loss["idt_A"] = self.l1(_wide(idt_A), self.real_B) * lB * li
+            self.loss["idt_B"] = self.l1(_wide(idt_B), self.real_A) * lA * li
+        else:
+            self.loss["idt_A"] = self.loss["idt_B"] = torch.zeros((), dtype=self.real_A.dtype)
         with self._amp():
-            idt_A, idt_B = n["G_A"](self.real_B), n["G_B"](self.real_A)
             pred_A, pred_B = n["D_A"](self.fake_B), n["D_B"](self.fake_A)
-        self.loss["idt_A"] = self.l1(idt_A.float(), self.real_B) * lB * li
-        self.loss["idt_B"] = self.l1(idt_B.float(), self.real_A) * lA * li
         self.loss["G_A"] = self._gan(pred_A, True)
         self.loss["G_B"] = self._gan(pred_B, True)
-        self.loss["cycle_A"] = self.l1(self.rec_A.float(), self.real_A) * lA
-        self.loss["cycle_B"] = self.l1(self.rec_B.float(), self.real_B) * lB
+        self.loss["cycle_A"] = self.l1(_wide(self.rec_A), self.real_A) * lA
+        self.loss["cycle_B"] = self.l1(_wide(self.rec_B), self.real_B) * lB
         sum(self.loss[k] for k in ("G_A", "G_B", "cycle_A", "cycle_B", "idt_A", "idt_B")).backward()
 
     def backward_D(self) -> None:
-        for name, real, fake in (("D_A", self.real_B, self.fake_B), ("D_B", self.real_A, self.fake_A)):
+        fake_B = self.fake_B_pool.query(self.fake_B)
+        fake_A = self.fake_A_pool.query(self.fake_A)
+        for name, real, fake in (("D_A", self.real_B, fake_B), ("D_B", self.real_A, fake_A)):
+            net = self.nets[name]
             with self._amp():
-                p_real, p_fake = self.nets[name](real), self.nets[name](fake.detach())
+                p_real, p_fake = net(real), net(fake.detach())
             self.loss[name] = 0.5 * (self._gan(p_real, True) + self._gan(p_fake, False))
+            if self.gan_mode == "wgangp":
+                saved = _batch_norm_state(net)
+                alpha = self.penalty_alpha(name) if self.penalty_alpha else None
+                with self._amp():
+                    self.loss[name] = self.loss[name] + gradient_penalty(net, real, fake.detach(), alpha)
+                _restore_batch_norm_state(net, saved)
             self.loss[name].backward()
 
     def set_requires_grad(self, params, flag: bool) -> None:

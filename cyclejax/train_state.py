@@ -63,8 +63,8 @@ def create(model: CycleGAN, seed: int, shape_A: tuple[int, int, int], shape_B: t
         batch_stats=batch_stats,
         opt_state_G=model.tx_G.init(g),
         opt_state_D=model.tx_D.init(d),
-        pool_A=image_pool.init_pool(model.pool_size, shape_A),
-        pool_B=image_pool.init_pool(model.pool_size, shape_B),
+        pool_A=image_pool.init_pool(model.pool_size, shape_A, model.image_dtype),
+        pool_B=image_pool.init_pool(model.pool_size, shape_B, model.image_dtype),
         step=jnp.zeros((), jnp.int32),
         rng=rng,
     )

@@ -105,8 +105,8 @@ def step_with_intermediates(model: CycleGAN) -> Callable[[TrainState, Batch], tu
     """
 
     def step(state: TrainState, batch: Batch):
-        real_A = batch["A"].astype(jnp.float32)
-        real_B = batch["B"].astype(jnp.float32)
+        real_A = batch["A"].astype(model.image_dtype)
+        real_B = batch["B"].astype(model.image_dtype)
         key = jax.random.fold_in(state.rng, state.step)
         dropout_key, pool_key_A, pool_key_B, gp_key = jax.random.split(key, 4)
         g_params, d_params = state.g_params, state.d_params

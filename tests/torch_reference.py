@@ -22,8 +22,8 @@ def _flax_path(key: str) -> tuple[tuple[str, ...], str]:
     return tuple(path), leaf
 
 
-def flax_to_torch(module: nn.Module, params, batch_stats=None) -> dict[str, np.ndarray]:
-    """cyclejax arrays (NHWC layout) for every entry of `module`'s state dict, in torch layout."""
+def flax_to_torch(module: nn.Module, params, batch_stats=None, dtype=np.float32) -> dict[str, np.ndarray]:
+    """cyclejax arrays (NHWC layout) for every entry of `module`'s state dict, in torch layout, as `dtype`."""
     out = {}
     for key, value in module.state_dict().items():
         path, leaf = _flax_path(key)
@@ -43,13 +43,14 @@ def flax_to_torch(module: nn.Module, params, batch_stats=None) -> dict[str, np.n
             is_transposed = isinstance(_module_at(module, key), nn.ConvTranspose2d)
             arr = k.transpose(2, 3, 0, 1) if is_transposed else k.transpose(3, 2, 0, 1)
         assert tuple(arr.shape) == tuple(value.shape), (key, arr.shape, value.shape)
-        out[key] = np.ascontiguousarray(arr, dtype=np.float32)
+        out[key] = np.ascontiguousarray(arr, dtype=dtype)
     return out
 
 
 def load_flax(module: nn.Module, params, batch_stats=None) -> nn.Module:
-    """Copies cyclejax parameters into a torch module of the official layout."""
-    arrays = flax_to_torch(module, params, batch_stats)
+    """Copies cyclejax parameters into a torch module of the official layout (in the module's dtype)."""
+    dtype = next(module.parameters()).detach().numpy().dtype
+    arrays = flax_to_torch(module, params, batch_stats, dtype)
     sd = module.state_dict()
     module.load_state_dict({k: torch.from_numpy(arrays[k].copy()) if k in arrays else v for k, v in sd.items()})
     return module
@@ -61,8 +62,8 @@ def _module_at(module: nn.Module, key: str) -> nn.Module:
     return module
 
 
-def nchw(x) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(np.asarray(x, np.float32).transpose(0, 3, 1, 2)))
+def nchw(x, dtype=np.float32) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(np.asarray(x, dtype).transpose(0, 3, 1, 2)))
 
 
 def nhwc(t: torch.Tensor) -> np.ndarray:
