@@ -37,43 +37,6 @@ def config_and_data(case: str, dtype: str, n_steps: int = 2):
     return config, steps.batches(n_steps, 2, size, dtype=np.dtype(dtype))
 
 
-def compare(ours, theirs, lr: float, rtol=RTOL, atol=ATOL) -> int:
-    """Every loss, gradient and state entry, element by element: |ours - theirs| <= floor + rtol |theirs|.
-
-    The floor is `atol` in units of the network's largest gradient (or weight) where that is
-    above 1: the gradient of a bias before instance norm is zero, and each side computes
-    round-off of the sums it cancels from, about 1e-16 of them (1e-11 in an untrained WGAN-GP
-    critic, whose gradients are ~1e3). The weights also get what Adam makes of the gradients'
-    measured difference: a bias-corrected first moment is an average of the gradients so far,
-    and the update lr * m / (sqrt(v) + eps) moves by at most lr / eps times a change of it
-    (its largest slope, at a gradient of zero), so step t adds lr / eps * max over steps <= t
-    of |g_ours - g_theirs|. That lets an inert bias's weight through (Adam's first step turns
-    round-off of 1e-15 into +-1e-11, lr / eps being 2e4); everywhere else it is below 1e-12.
-    Returns how many arrays were compared.
-    """
-    n = 0
-    slack: dict[str, np.ndarray] = {}
-    largest_gap: dict[str, np.ndarray] = {}
-    for step, (a, b) in enumerate(zip(ours, theirs)):
-        mine, other = dict(steps.tensors(a)), dict(steps.tensors(b))
-        assert mine.keys() == other.keys(), set(mine) ^ set(other)
-        scale = {}
-        for name, want in other.items():
-            group = name.split(".")[0]  # 'loss X', 'grads NET', 'state NET'
-            scale[group] = max(scale.get(group, 1.0), float(np.abs(want).max()))
-            if name.startswith("grads "):
-                weight = "state " + name.removeprefix("grads ")
-                largest_gap[weight] = np.maximum(largest_gap.get(weight, 0.0), np.abs(mine[name] - want))
-                slack[weight] = slack.get(weight, 0.0) + lr / 1e-8 * largest_gap[weight]
-        for name, want in other.items():
-            error = np.abs(mine[name] - want)
-            bad = error > atol * scale[name.split(".")[0]] + slack.get(name, 0.0) + rtol * np.abs(want)
-            assert not bad.any(), (f"step {step + 1}: {name}: {bad.sum()} of {bad.size} off, largest error "
-                                   f"{error.max():.3g} at |value| {np.abs(want).flat[error.argmax()]:.3g}")
-            n += 1
-    return n
-
-
 @pytest.mark.parametrize("case", list(CASES))
 def test_float64_steps_equal_the_official_iterations_in_float64(case):
     config, data = config_and_data(case, "float64")
@@ -81,7 +44,7 @@ def test_float64_steps_equal_the_official_iterations_in_float64(case):
         initial, ours, draws = steps.ours(config, data)
     assert jax.tree_util.tree_leaves(initial.params)[0].dtype == np.float64
     theirs = steps.official(config, initial, data, draws, "float64")
-    assert compare(ours, theirs, config.lr) > 100
+    assert steps.check_float64(ours, theirs, config.lr, RTOL, ATOL) > 100
     # The draws did what the test means them to: the pools filled, then drew (at least one swap
     # over the two steps, so a returned image came from the pool).
     pool_draws = [p for d in draws for pool in d["pool"].values() for p, _ in pool]
