@@ -85,6 +85,19 @@ def resolve(impl: str, backend: str | None = None, dtype=None) -> str:
     return impl
 
 
+def describe(impl: str, dtype=None, backend: str | None = None) -> str:
+    """Which convolutions a model computing in `dtype` runs with `impl`, and why, for the logs."""
+    resolved = resolve(impl, backend, dtype)
+    if resolved == "onednn":
+        if jnp.dtype(dtype or jnp.float32) == jnp.bfloat16 and not onednn.supports(jnp.bfloat16):
+            return f"oneDNN's, float32 kernels on the bfloat16 operands ({onednn.unsupported_reason(jnp.bfloat16)})"
+        return "oneDNN's"
+    if resolved == "auto":
+        return (f"XLA's, and matrix products for layers with few output channels (no oneDNN: "
+                f"{onednn.unavailable_reason()})")
+    return {"xla": "XLA's", "matmul": "matrix products (XLA's for strided and 3-channel layers)"}[resolved]
+
+
 def form(impl: str, stride: int, in_channels: int, out_channels: int, backend: str | None = None,
          dtype=None) -> str:
     """How one layer is computed: 'onednn', 'xla', 'taps_in' or 'taps_out'.
@@ -96,7 +109,10 @@ def form(impl: str, stride: int, in_channels: int, out_channels: int, backend: s
     train step that mixed form measured faster than 'matmul' at 128² and 8 % slower at
     256², with 28 % less memory there (experiments/bench/README.md).
     """
-    impl = resolve(impl, backend, dtype)
+    # A model passes the implementation `resolve` chose when it was built (and checked there);
+    # only 'auto' is decided here, per layer.
+    if impl == "auto" or impl not in IMPLS:
+        impl = resolve(impl, backend, dtype)
     if impl == "onednn":
         return "onednn"
     if impl == "xla" or stride != 1 or in_channels < MIN_MATMUL_CHANNELS:

@@ -15,7 +15,7 @@ import time
 import jax
 import ml_collections
 
-from cyclejax import (checkpoints, config_check, datasets, embedded_score, host_memory, input_pipeline, nonfinite,
+from cyclejax import (checkpoints, config_check, convolution, datasets, embedded_score, host_memory, input_pipeline, nonfinite,
                       parallel, preemption, preprocessing, storage, train_state, train_step)
 from cyclejax import model as model_lib
 from cyclejax.errors import NonFiniteError
@@ -80,6 +80,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: storage.PathL
               f"(listed in {t_listed:.1f} s; decoded as batches need them)", flush=True)
 
     model = model_lib.build(config, spe)
+    if is_main:
+        print(f"convolutions: {convolution.describe(config.conv_impl, model.dtype)}", flush=True)
     shapes = {k: (*preprocessing.train_size(config, *v.sizes[0]), 3)  # the reader gives RGB
               for k, v in (("A", train_A), ("B", train_B))}
     state = train_state.create(model, config.seed, shapes["A"], shapes["B"])

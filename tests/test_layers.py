@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from cyclejax import layers, onednn
+from cyclejax import convolution, layers, onednn
 from tests.conftest import impls
+from tests.roundoff import assert_as_close_as
 from tests.torch_reference import nchw, nhwc
 
 TOL = 1e-5
@@ -144,19 +145,49 @@ def test_conv_and_its_gradient_match_torch(cin, features, kernel, stride, paddin
     np.testing.assert_allclose(np.asarray(grads[0]["kernel"]), dk, atol=TOL * np.abs(dk).max(), rtol=0)
 
 
-# bfloat16: both round a float32 sum to 8 bits; they may differ by one unit in the last place
-# (2^-7 relative), so twice that relative bound, plus an absolute one for values near zero.
-@pytest.mark.parametrize("dtype, tol, rtol", [(jnp.float32, 2e-6, 0), (jnp.bfloat16, 1e-2, 2**-6)])
-@pytest.mark.parametrize("kernel, cin, cout", [(3, 16, 24), (7, 32, 3), (2, 16, 64)])
-def test_matmul_convolution_equals_xla_convolution(kernel, cin, cout, dtype, tol, rtol):
-    from cyclejax import convolution
+MATMUL_SHAPES = [(3, 16, 24), (7, 32, 3), (2, 16, 64)]  # taps_in, taps_out (3 outputs), an even kernel
+
+
+def _matmul_operands(kernel, cin, cout, dtype):
     rng = np.random.default_rng(kernel)
     x = jnp.asarray(rng.normal(size=(2, 13, 10, cin)), dtype)
     k = jnp.asarray(rng.normal(size=(kernel, kernel, cin, cout)) / kernel / np.sqrt(cin), dtype)
+    return x, k
+
+
+def _conv_and_grads(impl, x, k):
+    """The convolution, and the gradients of a fixed random projection of it."""
+    y = convolution.conv2d(x, k, 1, (1, 1), impl)
+    w = jnp.asarray(np.random.default_rng(1).normal(size=y.shape), y.dtype)
+    return (y, *jax.grad(lambda x, k: jnp.sum(convolution.conv2d(x, k, 1, (1, 1), impl) * w), argnums=(0, 1))(x, k))
+
+
+@pytest.mark.parametrize("kernel, cin, cout", MATMUL_SHAPES)
+def test_matmul_convolution_equals_xla_convolution_in_float64_and_as_closely_in_float32(kernel, cin, cout):
+    """The product forms and their custom gradients are the same function as XLA's convolution:
+    equal to 1e-12 in float64, and in float32 as close to that truth as XLA's own float32 is."""
+    with jax.enable_x64(True):
+        truth = _conv_and_grads("xla", *_matmul_operands(kernel, cin, cout, jnp.float64))
+        exact = _conv_and_grads("matmul", *_matmul_operands(kernel, cin, cout, jnp.float64))
+        assert exact[0].dtype == jnp.float64 and exact[0].shape == (2, 16 - kernel, 13 - kernel, cout)
+        for got, want in zip(exact, truth):
+            np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12 * float(jnp.abs(want).max()))
+    x, k = _matmul_operands(kernel, cin, cout, jnp.float32)
+    for name, got, want, t in zip(("output", "input gradient", "kernel gradient"), _conv_and_grads("matmul", x, k),
+                                  _conv_and_grads("xla", x, k), truth):
+        assert got.dtype == jnp.float32
+        assert_as_close_as(got, want, t, what=name)
+
+
+# bfloat16: both round a float32 sum to 8 bits; they may differ by one unit in the last place
+# (2^-7 relative), so twice that relative bound, plus an absolute one for values near zero.
+@pytest.mark.parametrize("kernel, cin, cout", MATMUL_SHAPES)
+def test_matmul_convolution_equals_xla_convolution_in_bfloat16(kernel, cin, cout):
+    x, k = _matmul_operands(kernel, cin, cout, jnp.bfloat16)
     want = convolution.conv2d(x, k, 1, (1, 1), "xla")
     got = convolution.conv2d(x, k, 1, (1, 1), "matmul")
-    assert got.dtype == want.dtype == dtype and got.shape == want.shape == (2, 16 - kernel, 13 - kernel, cout)
-    np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32), atol=tol, rtol=rtol)
+    assert got.dtype == want.dtype == jnp.bfloat16 and got.shape == want.shape
+    np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32), atol=1e-2, rtol=2**-6)
 
 
 def test_conv_impl_chooses_the_form_of_each_layer(monkeypatch):
@@ -186,35 +217,99 @@ def test_conv_impl_chooses_the_form_of_each_layer(monkeypatch):
         convolution.resolve("cudnn")
 
 
-# float32: two summation orders of up to 7*7*5 = 245 terms; 1e-5 of the largest output is
-# about 170 units of float32 round-off (2^-24), room for any order on either CPU kind.
-@pytest.mark.skipif(not onednn.available(), reason=f"oneDNN: {onednn.unavailable_reason()}")
-@pytest.mark.parametrize("dtype, tol, rtol", [(jnp.float32, 1e-5, 0), (jnp.bfloat16, 1e-2, 2**-6)])
-@pytest.mark.parametrize("kernel, stride, padding, size", [
+def test_conv_impl_follows_the_dtype_and_what_the_cpu_runs(monkeypatch):
+    """float64 (which oneDNN does not compute) takes XLA's convolutions under auto and refuses an
+    explicit onednn; bfloat16 on a CPU whose oneDNN has no bfloat16 kernels takes oneDNN's float32
+    ones under auto, and an explicit onednn is refused naming the CPU's missing feature."""
+    monkeypatch.setattr(onednn, "available", lambda: True)
+    assert convolution.resolve("auto", "cpu", jnp.float64) == "xla"
+    assert convolution.resolve("matmul", "cpu", jnp.float64) == "matmul"
+    with pytest.raises(ValueError, match="computes in float32 or bfloat16, not float64"):
+        convolution.resolve("onednn", "cpu", jnp.float64)
+    assert convolution.resolve("auto", "tpu", jnp.bfloat16) == "xla"
+    monkeypatch.setattr(onednn, "supports", lambda dtype: jnp.dtype(dtype) == jnp.float32)
+    monkeypatch.setattr(onednn, "cpu_flags", lambda: frozenset({"avx", "avx2", "fma"}))
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    assert convolution.resolve("auto", "cpu", jnp.bfloat16) == "onednn"
+    assert convolution.form("onednn", 1, 16, 16, "cpu", jnp.bfloat16) == "onednn"  # a built model's choice
+    with pytest.raises(RuntimeError, match=r"cannot run in bfloat16: this CPU lacks AVX-512 \(avx512bw avx512cd "
+                                           r"avx512dq avx512f avx512vl not in /proc/cpuinfo's flags\)"):
+        convolution.resolve("onednn", "cpu", jnp.bfloat16)
+    assert "float32 kernels on the bfloat16 operands" in convolution.describe("auto", jnp.bfloat16, "cpu")
+    assert convolution.describe("auto", jnp.float32, "cpu") == "oneDNN's"
+
+
+@pytest.fixture(params=["native", "float32 kernels"])
+def bfloat16_path(request, monkeypatch):
+    """How oneDNN computes bfloat16 convolutions: with its bfloat16 kernels where the CPU has them
+    ('native'), else, as conv_impl='auto' then does, with its float32 kernels on the bfloat16
+    operands (`convolution.onednn_operands`; forced here by hiding the bfloat16 kernels, so that
+    both paths are tested on every CPU that has both)."""
+    if not onednn.available():
+        pytest.skip(f"oneDNN: {onednn.unavailable_reason()}")
+    if request.param == "native" and not onednn.supports(jnp.bfloat16):
+        pytest.skip(f"this CPU runs the float32 path only: {onednn.unsupported_reason(jnp.bfloat16)}")
+    if request.param != "native":
+        monkeypatch.setattr(onednn, "supports", lambda dtype: jnp.dtype(dtype) == jnp.float32)
+    return request.param
+
+
+CONVOLUTIONS = [
     (3, 2, 0, (10, 7)),  # a stride that leaves the last row and column unread: cropped first
     (4, 2, 1, (11, 9)),  # the discriminator's strided layers, odd sizes
     (7, 1, 3, (6, 5)),  # padding wider than half the input
     (1, 1, 0, (3, 4)),
-])
-def test_onednn_convolution_and_gradients_equal_xla(kernel, stride, padding, size, dtype, tol, rtol):
-    from cyclejax import convolution
-    rng = np.random.default_rng(kernel)
-    x = jnp.asarray(rng.normal(size=(2, *size, 5)), dtype)
-    k = jnp.asarray(rng.normal(size=(kernel, kernel, 5, 6)) / kernel / np.sqrt(5), dtype)
-    cotangent = jnp.asarray(rng.normal(size=convolution.conv2d(x, k, stride, (padding, padding), "xla").shape), dtype)
+]
 
-    def run(impl):
+
+def _convolution_and_gradients(impl, x, k, cotangent, stride, padding):
+    def run(x, k):
         y, vjp = jax.vjp(lambda x, k: convolution.conv2d(x, k, stride, (padding, padding), impl), x, k)
         return (y, *vjp(cotangent.astype(y.dtype)))
+    return jax.jit(run)(x, k)
 
-    got_all, want_all = jax.jit(run, static_argnums=0)("onednn"), jax.jit(run, static_argnums=0)("xla")
+
+def _operands(kernel, stride, padding, size, dtype):
+    rng = np.random.default_rng(kernel)
+    x = rng.normal(size=(2, *size, 5))
+    k = rng.normal(size=(kernel, kernel, 5, 6)) / kernel / np.sqrt(5)
+    out = (size[0] + 2 * padding - kernel) // stride + 1, (size[1] + 2 * padding - kernel) // stride + 1
+    cotangent = rng.normal(size=(2, *out, 6))
+    return (jnp.asarray(a, dtype) for a in (x, k, cotangent))
+
+
+@pytest.mark.skipif(not onednn.available(), reason=f"oneDNN: {onednn.unavailable_reason()}")
+@pytest.mark.parametrize("kernel, stride, padding, size", CONVOLUTIONS)
+def test_onednn_convolution_and_gradients_equal_xla_float64_truth(kernel, stride, padding, size):
+    """float32: output, input and kernel gradients as close to the float64 truth (XLA's convolution
+    with jax_enable_x64) as XLA's own float32 convolution is (tests/roundoff.py)."""
+    with jax.enable_x64(True):
+        truth = _convolution_and_gradients("xla", *_operands(kernel, stride, padding, size, jnp.float64),
+                                           stride, padding)
+    operands = list(_operands(kernel, stride, padding, size, jnp.float32))
+    x, k, cotangent = operands
+    got = _convolution_and_gradients("onednn", x, k, cotangent, stride, padding)
+    want = _convolution_and_gradients("xla", x, k, cotangent, stride, padding)
+    assert [g.dtype for g in got] == [jnp.float32] * 3
+    for name, g, w, t in zip(("output", "input gradient", "kernel gradient"), got, want, truth):
+        assert_as_close_as(g, w, t, what=name)
+
+
+# bfloat16: both round a float32 sum to 8 bits; they may differ by one unit in the last place
+# (2^-7 relative), so twice that relative bound, plus an absolute one for values near zero.
+@pytest.mark.parametrize("kernel, stride, padding, size", CONVOLUTIONS)
+def test_onednn_bfloat16_convolution_and_gradients_equal_xla(kernel, stride, padding, size, bfloat16_path):
+    x, k, cotangent = _operands(kernel, stride, padding, size, jnp.bfloat16)
+    assert convolution.resolve("auto", "cpu", jnp.bfloat16) == "onednn"
+    got_all = _convolution_and_gradients("auto", x, k, cotangent, stride, padding)
+    want_all = _convolution_and_gradients("xla", x, k, cotangent, stride, padding)
     # oneDNN's result is float32 (its float32 accumulator, unrounded); gradients in their primal's dtype.
-    assert [g.dtype for g in got_all] == [jnp.float32, dtype, dtype]
+    assert [g.dtype for g in got_all] == [jnp.float32, jnp.bfloat16, jnp.bfloat16]
     for got, want in zip(got_all, want_all):
-        assert want.dtype == dtype and got.shape == want.shape
+        assert want.dtype == jnp.bfloat16 and got.shape == want.shape
         scale = float(jnp.max(jnp.abs(want.astype(jnp.float32))))
         np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32),
-                                   atol=tol * scale, rtol=rtol)
+                                   atol=1e-2 * scale, rtol=2**-6)
 
 
 @pytest.mark.skipif(not onednn.available(), reason=f"oneDNN: {onednn.unavailable_reason()}")
@@ -226,8 +321,7 @@ def test_onednn_convolution_rejects_mixed_dtypes():
         onednn.conv2d(x, jnp.zeros((7, 7, 2, 2), jnp.float32), 1, (0, 0))
 
 
-@pytest.mark.skipif(not onednn.available(), reason=f"oneDNN: {onednn.unavailable_reason()}")
-def test_bfloat16_convolution_returns_the_float32_kernel_gradient_unrounded():
+def test_bfloat16_convolution_returns_the_float32_kernel_gradient_unrounded(bfloat16_path):
     """A float32 kernel in a bfloat16 convolution: the same function as the kernel rounded
     first, but its gradient is oneDNN's float32 accumulator, not that rounded to bfloat16."""
     rng = np.random.default_rng(3)
@@ -236,7 +330,7 @@ def test_bfloat16_convolution_returns_the_float32_kernel_gradient_unrounded():
     dy = jnp.asarray(rng.normal(size=(1, 5, 5, 16)), jnp.float32)
 
     def run(k):
-        y, vjp = jax.vjp(lambda x, k: onednn.conv2d(x, k, 2, (1, 1)), x, k)
+        y, vjp = jax.vjp(lambda x, k: convolution.conv2d(x, k, 2, (1, 1), "auto"), x, k)
         return (y, *vjp(dy))
 
     y32, dx32, dk32 = jax.jit(run)(k32)
@@ -249,7 +343,7 @@ def test_bfloat16_convolution_returns_the_float32_kernel_gradient_unrounded():
     assert np.mean(np.asarray(dk32) != np.asarray(dk32.astype(jnp.bfloat16), np.float32)) > 0.9
 
     # The same through the layer: a bfloat16 Conv's kernel gradient reaches the parameter unrounded.
-    conv = layers.Conv(16, 3, stride=2, padding=1, dtype=jnp.bfloat16, conv_impl="onednn")
+    conv = layers.Conv(16, 3, stride=2, padding=1, dtype=jnp.bfloat16, conv_impl="auto")
     params = conv.init(jax.random.key(0), x.astype(jnp.float32))
     grad = jax.jit(jax.grad(lambda p: jnp.sum(conv.apply(p, x) * dy)))(params)["params"]
     np.testing.assert_array_equal(np.asarray(grad["kernel"]),

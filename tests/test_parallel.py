@@ -5,11 +5,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import jax
-import numpy as np
 import pytest
 
-from cyclejax import onednn, parallel
+from cyclejax import onednn
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -18,7 +16,8 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.parametrize("conv_impl", ["matmul", pytest.param("onednn", marks=pytest.mark.skipif(
     not onednn.available(), reason=f"oneDNN: {onednn.unavailable_reason()}"))])
 def test_eight_devices_equal_one_device(conv_impl):
-    """One step, global batch 8 (pool filling then swapping): parameters, outputs and losses agree to 1e-5.
+    """One step, global batch 8 (pool filling then swapping): parameters, outputs and losses are as
+    close to the float64 truth as one device's (a tolerance measured on the machine, not tuned).
 
     Conv biases before instance norm are left out of the parameter comparison (the worker
     finds them by checking the output does not move when they do): see its docstring.
@@ -33,9 +32,9 @@ def test_eight_devices_equal_one_device(conv_impl):
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["shards"] == [8, 1]
     assert result["steps"] == 1
-    assert result["max_param_diff"] <= 1e-5, result
-    assert result["max_loss_diff"] <= 1e-5, result
-    assert result["max_output_diff"] <= 1e-5, result
+    # Parameters, outputs and losses of the 8-device run: no further from the float64 truth than
+    # 4 times the 1-device run, plus 16 float32 units (tests/multidevice_worker.py).
+    assert result["violations"] == [] and result["compared"] > 50, result
     # resnet_6blocks: 3 + 12 + 2 pre-norm convs in each generator; basic D: 3 in each.
     assert result["inert_biases"] == 2 * 17 + 2 * 3, result
     # oneDNN's calls compute one device's row each on 8 devices (batch 8), all 8 rows on one.
