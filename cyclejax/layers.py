@@ -111,7 +111,7 @@ class Conv(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         kernel, bias = self.kernel_and_bias(x.shape[-1])
-        y = convolution.conv2d(x.astype(self.dtype), kernel, self.stride, _pair(self.padding), self.conv_impl)
+        y = convolution.conv2d(x, kernel, self.stride, _pair(self.padding), self.conv_impl, self.dtype)
         return _add_bias(y, bias)
 
 
@@ -156,12 +156,15 @@ def subpixel_kernel(kernel: jax.Array, stride: int, padding: int) -> jax.Array:
 
 
 def conv_transpose(x: jax.Array, kernel: jax.Array, stride: int, padding: int, output_padding: int,
-                   impl: str = "auto") -> jax.Array:
-    """`F.conv_transpose2d` (no bias) for outputs of exactly `stride` times the input size."""
+                   impl: str = "auto", dtype=None) -> jax.Array:
+    """`F.conv_transpose2d` (no bias) for outputs of exactly `stride` times the input size, in
+    `dtype` (default: x's)."""
     n, h, w, _ = x.shape
     k, cout = kernel.shape[0], kernel.shape[-1]
-    if convolution.form(impl, 1, kernel.shape[2], cout, dtype=x.dtype) == "onednn" and output_padding <= padding:
-        return onednn.conv_transpose(*convolution.onednn_operands(x, kernel), stride, padding, output_padding)
+    dtype = jnp.dtype(dtype or x.dtype)
+    if convolution.form(impl, 1, kernel.shape[2], cout, dtype=dtype) == "onednn" and output_padding <= padding:
+        return onednn.conv_transpose(*convolution.onednn_operands(x, kernel, dtype), stride, padding, output_padding)
+    x = x.astype(dtype)
     if k + output_padding - 2 * padding != stride:
         raise ValueError(
             f"sub-pixel transposed conv needs kernel + output_padding - 2*padding == stride, "
@@ -187,8 +190,7 @@ class ConvTranspose(Conv):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         kernel, bias = self.kernel_and_bias(x.shape[-1])
-        y = conv_transpose(x.astype(self.dtype), kernel, self.stride, self.padding, self.output_padding,
-                           self.conv_impl)
+        y = conv_transpose(x, kernel, self.stride, self.padding, self.output_padding, self.conv_impl, self.dtype)
         return _add_bias(y, bias)
 
 

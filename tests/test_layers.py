@@ -321,6 +321,35 @@ def test_onednn_convolution_rejects_mixed_dtypes():
         onednn.conv2d(x, jnp.zeros((7, 7, 2, 2), jnp.float32), 1, (0, 0))
 
 
+@pytest.mark.skipif(not (onednn.available() and onednn.supports(jnp.bfloat16)),
+                    reason="needs oneDNN's bfloat16 kernels (an AVX-512 CPU, uncapped) to compare against")
+def test_the_float32_fallback_computes_what_the_bfloat16_kernels_compute(monkeypatch):
+    """A bfloat16 Conv layer, forward and backward, with oneDNN's bfloat16 kernels and with the
+    float32 ones on rounded operands: the same products summed in float32 (outputs and the
+    kernel gradient agree to float32 round-off), the same bfloat16-rounded input gradient."""
+    rng = np.random.default_rng(7)
+    x = jnp.asarray(rng.normal(size=(2, 9, 9, 8)), jnp.float32)
+    dy = jnp.asarray(rng.normal(size=(2, 9, 9, 16)), jnp.float32)
+    conv = layers.Conv(16, 3, padding=1, dtype=jnp.bfloat16, conv_impl="onednn")
+    params = conv.init(jax.random.key(0), x)
+
+    def run():
+        y, vjp = jax.vjp(lambda p, x: conv.apply(p, x), params, x)
+        return (y, *vjp(dy))
+
+    y1, g1, dx1 = jax.jit(run)()
+    monkeypatch.setattr(onednn, "supports", lambda dtype: jnp.dtype(dtype) == jnp.float32)
+    y2, g2, dx2 = jax.jit(run)()
+    assert y1.dtype == y2.dtype == dx1.dtype == dx2.dtype == jnp.float32
+    np.testing.assert_allclose(y2, y1, rtol=0, atol=1e-6 * float(jnp.abs(y1).max()))
+    for a, b in ((g2["params"]["kernel"], g1["params"]["kernel"]), (g2["params"]["bias"], g1["params"]["bias"])):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6 * float(jnp.abs(b).max()))
+    # Both input gradients are bfloat16 values (a float32 sum rounded to 8 bits): equal, or one unit apart.
+    assert np.array_equal(np.asarray(dx1), np.asarray(dx1.astype(jnp.bfloat16), np.float32))
+    assert np.array_equal(np.asarray(dx2), np.asarray(dx2.astype(jnp.bfloat16), np.float32))
+    np.testing.assert_allclose(dx2, dx1, rtol=2**-7, atol=1e-6)
+
+
 def test_bfloat16_convolution_returns_the_float32_kernel_gradient_unrounded(bfloat16_path):
     """A float32 kernel in a bfloat16 convolution: the same function as the kernel rounded
     first, but its gradient is oneDNN's float32 accumulator, not that rounded to bfloat16."""
