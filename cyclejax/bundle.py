@@ -20,7 +20,8 @@ with jax alone, without cyclejax:
 Where bundles come from: `from_workdir` (a training run's checkpoint, `python -m
 cyclejax.export`), `from_official` (the official PyTorch generators, `python -m
 cyclejax.convert`). `load(path)` reads a bundle back, `load_any(path)` a bundle or a
-training workdir; `Bundle.jit_apply(direction)` is the jitted generator.
+training workdir (or a pretrained name, or hf://OWNER/REPO on the Hugging Face Hub: `cyclejax.hub`);
+`Bundle.jit_apply(direction)` is the jitted generator.
 """
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 from etils import epath
 
-from cyclejax import checkpoints, downloads, networks, pretrained, storage, torch_weights
+from cyclejax import checkpoints, downloads, hub, networks, pretrained, storage, torch_weights
 from cyclejax import model as model_lib
 from cyclejax.errors import UserError
 
@@ -252,7 +253,7 @@ def from_pretrained(name: str, progress: bool | None = None) -> Bundle:
     a, _, b = name.partition("2")
     domains = {"A": "photo", "B": name.removeprefix("style_")} if name.startswith("style_") else {"A": a, "B": b}
     b = from_official({"AtoB": pth}, domains=domains)
-    b.config["source"] = {"pretrained": name, "url": pretrained.base_url() + f"{name}.pth"}
+    b.config["source"] = {"pretrained": name, "url": pretrained.source(name)}
     tmp = cached.with_name(f".{cached.name}.{os.getpid()}.part")
     shutil.rmtree(tmp, ignore_errors=True)
     save(b, tmp)
@@ -262,8 +263,11 @@ def from_pretrained(name: str, progress: bool | None = None) -> Bundle:
 
 
 def load_any(model: storage.PathLike) -> Bundle:
-    """A bundle folder, a training workdir exported on the fly (its latest checkpoint), or the
-    name of an official pretrained generator (`python -m cyclejax.pretrained` lists them)."""
+    """A bundle folder, a training workdir exported on the fly (its latest checkpoint), the
+    name of an official pretrained generator (`python -m cyclejax.pretrained` lists them), or a
+    bundle on the Hugging Face Hub, hf://OWNER/REPO[@REVISION] (`cyclejax.hub`)."""
+    if hub.is_spec(model):
+        return load(hub.download(model))
     path = storage.resolve(model)
     if (path / "bundle.json").is_file():
         return load(path)
@@ -271,5 +275,5 @@ def load_any(model: storage.PathLike) -> Bundle:
         return from_workdir(path)
     if str(model) in pretrained.NAMES and not path.exists():
         return from_pretrained(str(model))
-    raise BundleError(f"{path} is neither a bundle (no bundle.json), a training workdir (no checkpoints/) nor the "
-                      f"name of a pretrained model ({', '.join(pretrained.NAMES)})")
+    raise BundleError(f"{path} is neither a bundle (no bundle.json), a training workdir (no checkpoints/), a Hub "
+                      f"model (hf://OWNER/REPO) nor the name of a pretrained model ({', '.join(pretrained.NAMES)})")

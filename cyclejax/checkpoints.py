@@ -61,6 +61,20 @@ def saved_config(mngr: ocp.CheckpointManager, step: int) -> dict:
     return mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
 
 
+def saved_run_config(workdir: storage.PathLike, step: int) -> dict:
+    """The config a run saved with its checkpoint of `step` (FileNotFoundError if there is none)."""
+    ckpt_dir = storage.resolve(workdir) / "checkpoints"
+    if not ckpt_dir.is_dir():
+        raise FileNotFoundError(f"{workdir} has no checkpoints folder ({ckpt_dir})")
+    mngr = ocp.CheckpointManager(ckpt_dir, options=ocp.CheckpointManagerOptions(create=False))
+    try:
+        if step not in mngr.all_steps():
+            raise FileNotFoundError(f"{ckpt_dir} has no checkpoint of step {step}")
+        return saved_config(mngr, step)
+    finally:
+        mngr.close()
+
+
 def check_compatible(saved: dict, config: ml_collections.ConfigDict, where: str) -> None:
     differ = [f"{k}: checkpoint {saved.get(k)!r}, config {config.get(k)!r}" for k in ARCHITECTURE_KEYS
               if saved.get(k) != config.get(k)]

@@ -73,8 +73,10 @@ def cached_file(url: str, filename: str, sha256_prefix: str | None = None, cache
 
 
 def recorded_sha256(path: Path) -> str:
-    """The sha256 recorded for a file `cached_file` returned."""
-    return path.with_name(path.name + ".sha256").read_text().strip()
+    """The sha256 recorded for a file `cached_file` returned; computed for a file with no record (one
+    in huggingface_hub's cache, which checks its files itself)."""
+    sidecar = path.with_name(path.name + ".sha256")
+    return sidecar.read_text().strip() if sidecar.is_file() else _sha256(path)
 
 
 def _intact(path: Path, sidecar: Path, sha256_prefix: str | None, url: str) -> bool:

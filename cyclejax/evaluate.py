@@ -4,7 +4,7 @@
 any other dataset (TFDS `cycle_gan/<name>` or a folder with testA/ and testB/) FID and KID
 of both directions with clean-fid's conventions (`cyclejax.evaluation`). Writes the report
 as JSON (`--output`, default <model>/eval_<dataset>.json, or ./eval_<name>_<dataset>.json for a
-pretrained model's name) and prints a table.
+pretrained model's name, ./eval_OWNER--REPO_<dataset>.json for hf://OWNER/REPO) and prints a table.
 """
 from __future__ import annotations
 
@@ -13,12 +13,13 @@ from absl import flags
 
 from cyclejax import cli, evaluation
 
-_MODEL = flags.DEFINE_string("model", None, "a generator bundle, a training --workdir (its latest checkpoint), or "
-                             "a pretrained model's name",
+_MODEL = flags.DEFINE_string("model", None, "a generator bundle, a training --workdir (its latest checkpoint), "
+                             "a pretrained model's name, or hf://OWNER/REPO[@REVISION] on the Hugging Face Hub",
                              required=True)
 _DATASET = flags.DEFINE_string("dataset", "embedded", "embedded, cycle_gan/<name> or a folder with testA/ testB/")
 _OUTPUT = flags.DEFINE_string("output", None, "the JSON report (default: <model>/eval_<dataset>.json; "
-                             "./eval_<name>_<dataset>.json for a pretrained name)")
+                             "./eval_<name>_<dataset>.json for a pretrained name, "
+                             "./eval_OWNER--REPO[@REVISION]_<dataset>.json for hf://OWNER/REPO[@REVISION])")
 _INCEPTION = flags.DEFINE_string("inception_weights", None,
                                  "pytorch-fid's Inception weights (.pth or .npz; default: downloaded once into "
                                  "~/.cache/cyclejax and sha256-checked); 'random' tests the pipeline with random "

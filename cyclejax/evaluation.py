@@ -17,7 +17,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from cyclejax import bundle as bundle_lib
-from cyclejax import datasets, embedded_score, fid, inception, pretrained, storage
+from cyclejax import datasets, embedded_score, fid, hub, inception, pretrained, storage
 from cyclejax import model as model_lib
 from cyclejax.errors import UserError
 from cyclejax.translation import ImageTranslator
@@ -90,6 +90,12 @@ def format_fid_table(report: dict) -> str:
     return "\n".join(lines)
 
 
+def _file_name(model: storage.PathLike) -> str:
+    """A model's name as part of a file name: hf://OWNER/REPO@REV -> OWNER--REPO@REV."""
+    name = str(model).removeprefix(hub.PREFIX) if hub.is_spec(model) else str(model)
+    return name.replace("/", "--")
+
+
 def evaluate(model: storage.PathLike, dataset: str = "embedded", inception_weights: str | None = None,
              max_images: int = 0, output: storage.PathLike | None = None, progress: bool = False) -> dict:
     """Scores a bundle or workdir on `dataset`, writes the JSON report and prints its table."""
@@ -110,12 +116,13 @@ def evaluate(model: storage.PathLike, dataset: str = "embedded", inception_weigh
         report = fid_report(b, dataset, variables, max_images, progress)
         report["inception_weights"] = extractor
         table = format_fid_table(report)
-    by_name = not storage.resolve(model).exists()  # a pretrained model's name
+    # A pretrained model's name or a Hub model: no folder of its own to write the report into.
+    by_name = hub.is_spec(model) or not storage.resolve(model).exists()
     report["model"] = str(model) if by_name else str(storage.resolve(model))
     report["seconds"] = round(time.time() - t0, 1)
     name = datasets.kind(dataset) if datasets.kind(dataset) == "embedded" else Path(dataset.rstrip("/")).name
     if not output:
-        output = f"eval_{model}_{name}.json" if by_name else storage.resolve(model) / f"eval_{name}.json"
+        output = f"eval_{_file_name(model)}_{name}.json" if by_name else storage.resolve(model) / f"eval_{name}.json"
     output = storage.resolve(output)  # local or gs://
     try:
         output.parent.mkdir(parents=True, exist_ok=True)

@@ -5,13 +5,16 @@
 its path. The names and the folder are those of the official
 scripts/download_cyclegan_model.sh (junyanz/pytorch-CycleGAN-and-pix2pix); each file holds
 one generator (the AtoB one of its name). $CYCLEJAX_PRETRAINED_URL replaces the folder
-(e.g. a mirror, or file:///some/folder/), with or without a trailing slash.
+(e.g. a mirror, or file:///some/folder/), with or without a trailing slash; a folder of a
+Hugging Face Hub repository, hf://OWNER/REPO[@REVISION][/FOLDER], is fetched through
+huggingface_hub into its cache (`cyclejax.hub`). Either way the file must read as a PyTorch
+state dict before it is used.
 
 `inception_file()` does the same for the FID Inception weights, checked against the sha256
 prefix in their name. $CYCLEJAX_INCEPTION_URL replaces their URL: it is the full URL of the
 file itself (https://..., or file:///path/to/pt_inception-2015-12-05-6726825d.pth).
 
-`python -m cyclejax.pretrained` lists the generator names, one a line.
+`python -m cyclejax.pretrained` lists the generator names, each with where it is fetched from.
 """
 from __future__ import annotations
 
@@ -40,14 +43,23 @@ def base_url() -> str:
     return os.environ.get("CYCLEJAX_PRETRAINED_URL", OFFICIAL_URL).rstrip("/") + "/"
 
 
+def source(name: str) -> str:
+    """Where the generator `name` is fetched from: `<name>.pth` in `base_url()`."""
+    return base_url() + f"{name}.pth"
+
+
 def generator_file(name: str, progress: bool | None = None) -> Path:
     """The cached file of the official generator `name` (downloaded on first use)."""
     if name not in NAMES:
         close = difflib.get_close_matches(name, NAMES, n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""
         raise UserError(f"there is no pretrained generator {name!r}; {hint}the names are: {', '.join(NAMES)}")
-    return downloads.cached_file(base_url() + f"{name}.pth", f"pretrained/{name}.pth", progress=progress,
-                                 check=_state_dict)
+    url = source(name)
+    if url.startswith("hf://"):
+        from cyclejax import hub  # brings jax and Orbax: not imported for the listing
+
+        return hub.download_file(url, check=_state_dict)
+    return downloads.cached_file(url, f"pretrained/{name}.pth", progress=progress, check=_state_dict)
 
 
 def _state_dict(path: Path) -> None:
@@ -73,7 +85,8 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise UserError(f"python -m cyclejax.pretrained takes no arguments (got {' '.join(argv[1:])}); "
                         f"it lists the pretrained generator names")
-    print("\n".join(NAMES))
+    width = max(map(len, NAMES))
+    print("\n".join(f"{name:<{width}}  {source(name)}" for name in NAMES))
 
 
 if __name__ == "__main__":

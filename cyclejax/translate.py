@@ -14,7 +14,8 @@ from cyclejax import bundle as bundle_lib
 from cyclejax import cli, translation
 
 _MODEL = flags.DEFINE_string("model", None, "a generator bundle (python -m cyclejax.export / cyclejax.convert), a "
-                             "training workdir, or a pretrained model's name (python -m cyclejax.pretrained)",
+                             "training workdir, a pretrained model's name (python -m cyclejax.pretrained), or "
+                             "hf://OWNER/REPO[@REVISION] on the Hugging Face Hub",
                              required=True)
 _INPUT = flags.DEFINE_string("input", None, "an image file or a folder of images", required=True)
 _OUTPUT = flags.DEFINE_string("output", None, "the folder to write translations and index.html into", required=True)

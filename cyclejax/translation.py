@@ -14,7 +14,7 @@ from __future__ import annotations
 import html
 import os
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import jax
 import numpy as np
@@ -57,30 +57,33 @@ class ImageTranslator:
     def _run(self, x: np.ndarray) -> np.ndarray:
         return np.asarray(self._fn(x[None]))[0]
 
-    def __call__(self, image: np.ndarray) -> np.ndarray:
+    def __call__(self, image: np.ndarray, progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+        """The translation; `progress(done, total)` is called after each tile of a large image."""
         x = image.astype(np.float32) / 127.5 - 1.0
         h, w = x.shape[:2]
         m = self.multiple
         ph, pw = -h % m, -w % m
         x = np.pad(x, ((0, ph), (0, pw), (0, 0)), mode="reflect" if min(h, w) > 1 else "edge")
         if max(x.shape[:2]) > self.tile:
-            y = self._tiled(x)
+            y = self._tiled(x, progress)
         else:
             y = self._run(x)
         y = y[:h, :w]
         return np.clip(np.round((y + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
-    def _tiled(self, x: np.ndarray) -> np.ndarray:
+    def _tiled(self, x: np.ndarray, progress: Callable[[int, int], None] | None = None) -> np.ndarray:
         H, W = x.shape[:2]
         th, tw = min(self.tile, H), min(self.tile, W)
         out = np.zeros(x.shape[:2] + (self.channels_out,), np.float32)
         weight = np.zeros(x.shape[:2] + (1,), np.float32)
-        for top in tile_starts(H, th):
-            for left in tile_starts(W, tw):
-                y = self._run(x[top:top + th, left:left + tw])
-                wgt = _ramp(th, top > 0, top + th < H)[:, None] * _ramp(tw, left > 0, left + tw < W)[None, :]
-                out[top:top + th, left:left + tw] += y * wgt[..., None]
-                weight[top:top + th, left:left + tw] += wgt[..., None]
+        tiles = [(top, left) for top in tile_starts(H, th) for left in tile_starts(W, tw)]
+        for done, (top, left) in enumerate(tiles, 1):
+            y = self._run(x[top:top + th, left:left + tw])
+            wgt = _ramp(th, top > 0, top + th < H)[:, None] * _ramp(tw, left > 0, left + tw < W)[None, :]
+            out[top:top + th, left:left + tw] += y * wgt[..., None]
+            weight[top:top + th, left:left + tw] += wgt[..., None]
+            if progress is not None:
+                progress(done, len(tiles))
         return out / weight
 
 
@@ -121,12 +124,14 @@ def list_inputs(path: storage.PathLike) -> list[epath.Path]:
     return images
 
 
-def read_image(path: epath.Path, channels: int) -> np.ndarray:
-    """The training reader's RGB (`cyclejax.images`); its luma (ITU-R 601, as PIL's 'L') for 1 channel."""
+def read_image(path: epath.Path, channels: int, name: str | None = None) -> np.ndarray:
+    """The training reader's RGB (`cyclejax.images`); its luma (ITU-R 601, as PIL's 'L') for 1 channel.
+    Errors call the file `name` (default: its path)."""
+    name = str(path) if name is None else name
     try:
-        rgb = images.decode(epath.Path(path).read_bytes(), str(path))
+        rgb = images.decode(epath.Path(path).read_bytes(), name)
     except (images.UnreadableImage, OSError) as e:
-        raise TranslateError(str(e) if isinstance(e, images.UnreadableImage) else f"{path} cannot be read ({e})") from e
+        raise TranslateError(str(e) if isinstance(e, images.UnreadableImage) else f"{name} cannot be read ({e})") from e
     if channels == 3:
         return rgb
     return np.asarray(Image.fromarray(rgb).convert("L"))[..., None]

@@ -1,5 +1,6 @@
 """cyclejax.pretrained: official names, downloads from a loopback mirror, the Inception checksum, the command."""
 import hashlib
+import os
 import subprocess
 import sys
 
@@ -91,8 +92,12 @@ def test_inception_url(monkeypatch):
                                           "pt_inception-2015-12-05-6726825d.pth")
 
 
-def test_command_lists_the_names():
-    done = subprocess.run([sys.executable, "-m", "cyclejax.pretrained"], capture_output=True, text=True, check=True)
-    assert done.stdout.split("\n") == [*pretrained.NAMES, ""]
+def test_command_lists_the_names_and_where_each_comes_from():
+    env = {k: v for k, v in os.environ.items() if k != "CYCLEJAX_PRETRAINED_URL"}
+    done = subprocess.run([sys.executable, "-m", "cyclejax.pretrained"], capture_output=True, text=True, check=True,
+                          env=env)
+    lines = done.stdout.splitlines()
+    assert [line.split() for line in lines] == [[n, f"{pretrained.OFFICIAL_URL}{n}.pth"] for n in pretrained.NAMES]
+    assert lines[4] == "horse2zebra" + " " * 13 + "http://efrosgans.eecs.berkeley.edu/cyclegan/pretrained_models/horse2zebra.pth"
     bad = subprocess.run([sys.executable, "-m", "cyclejax.pretrained", "extra"], capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.startswith("error: python -m cyclejax.pretrained takes no arguments")
