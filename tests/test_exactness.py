@@ -12,6 +12,8 @@ import pytest
 
 from tests import conftest, steps
 
+pytestmark = pytest.mark.numeric  # run again with the instruction set capped (.ci/run)
+
 RTOL, ATOL = 1e-9, 1e-12
 
 # Every option the issue names at least once: resnet and unet generators, basic and n_layers

@@ -2,8 +2,11 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from cyclejax import image_pool
+
+pytestmark = pytest.mark.numeric  # run again with the instruction set capped (.ci/run)
 
 query = jax.jit(image_pool.query)
 

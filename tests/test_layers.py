@@ -2,6 +2,9 @@
 import functools
 import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -13,6 +16,8 @@ from cyclejax import convolution, layers, onednn
 from tests.conftest import impls
 from tests.roundoff import assert_as_close_as
 from tests.torch_reference import nchw, nhwc
+
+pytestmark = pytest.mark.numeric  # run again with the instruction set capped (.ci/run)
 
 TOL = 1e-5
 
@@ -474,3 +479,26 @@ def test_largest_mflop_counts_the_convolutions_as_the_lock_does():
     assert onednn.largest_mflop(lambda x: jnp.sin(x), spec(4)) == 0.0
     if "CYCLEJAX_ONEDNN_SERIAL_MFLOP" not in os.environ:
         assert onednn.serial_limit_mflop() == 20.0
+
+
+AVX2_CAP = {"XLA_FLAGS": "--xla_cpu_max_isa=AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
+
+
+@pytest.mark.skipif(not onednn.available(), reason=f"oneDNN: {onednn.unavailable_reason()}")
+def test_the_avx2_cap_reaches_both_onednns_and_torch():
+    """The cap .ci/run's second pass sets, checked with oneDNN's verbose mode: cyclejax's oneDNN and
+    torch's both report the AVX2 instruction set and run only avx2 convolution kernels (no
+    avx512), and torch's own kernels run at AVX2. (XLA refuses an XLA_FLAGS it cannot parse.)"""
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, **AVX2_CAP, "ONEDNN_VERBOSE": "1", "PYTHONPATH": str(root)}
+    out = subprocess.run([sys.executable, "-m", "tests.isa_worker"], cwd=root, env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = out.stdout.splitlines()
+    isa = [line for line in lines if re.match(r"onednn_verbose,(v1,)?info,cpu,isa:", line)]
+    assert len(isa) == 2 and all(line.endswith("isa:Intel AVX2") for line in isa), isa  # ours (3.2), torch's (v1)
+    convolutions = [line.split(",") for line in lines if ",exec,cpu,convolution," in line]
+    kernels = {fields[fields.index("convolution") + 1] for fields in convolutions}
+    assert len(convolutions) >= 6, lines[-20:]  # forward, backward-data, backward-weights on each side
+    assert all("avx2" in k and "avx512" not in k for k in kernels), kernels
+    assert "torch capability: AVX2" in lines

@@ -6,6 +6,8 @@ import pytest
 
 from cyclejax import losses
 
+pytestmark = pytest.mark.numeric  # run again with the instruction set capped (.ci/run)
+
 rng = np.random.default_rng(0)
 PRED = rng.normal(size=(2, 5, 5, 1)) * 2
 

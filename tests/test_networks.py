@@ -9,6 +9,8 @@ from cyclejax import networks
 from tests import torch_reference as ref
 from tests.conftest import impls
 
+pytestmark = pytest.mark.numeric  # run again with the instruction set capped (.ci/run)
+
 
 def _count(module, size):
     shapes = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), jnp.zeros((1, size, size, 3)), train=False))

@@ -4,6 +4,8 @@ import pytest
 
 from cyclejax import optim
 
+pytestmark = pytest.mark.numeric  # run again with the instruction set capped (.ci/run)
+
 
 @pytest.mark.parametrize("n_epochs, n_epochs_decay, steps_per_epoch", [(100, 100, 7), (3, 5, 11), (10, 1, 4)])
 def test_schedule_follows_the_official_multiplier_at_every_epoch_boundary(n_epochs, n_epochs_decay, steps_per_epoch):

@@ -9,6 +9,8 @@ import pytest
 
 from cyclejax import onednn
 
+pytestmark = pytest.mark.numeric  # run again with the instruction set capped (.ci/run)
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

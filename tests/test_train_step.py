@@ -14,6 +14,8 @@ from tests import steps
 from tests import torch_reference as ref
 from tests.inert import NamingApplier, instance_norm_roundoff
 
+pytestmark = pytest.mark.numeric  # run again with the instruction set capped (.ci/run)
+
 SIZE = 32
 
 
