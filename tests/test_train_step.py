@@ -91,9 +91,12 @@ def _torch_iteration(config, params, batch):
     return {k: float(v.detach()) for k, v in loss.items()}, grads, weights, nets, roundoff
 
 
-@pytest.fixture(scope="module", params=impls())
-def one_step(request):
-    config = tiny_config(conv_impl=request.param)
+@pytest.fixture(scope="module")
+def one_step():
+    """One step of the tiny model with the default conv_impl ('auto': oneDNN's where built), then
+    two more. Every conv_impl's step is checked against the float64 truth below (and in float64,
+    tests/test_exactness.py); what uses this fixture does not depend on the convolutions."""
+    config = tiny_config()
     model = model_lib.build(config, steps_per_epoch=10)
     state = train_state.create(model, 0, (SIZE, SIZE, 3), (SIZE, SIZE, 3))
     initial = jax.tree_util.tree_map(np.asarray, state.params)
