@@ -22,6 +22,9 @@ import numpy as np
 from cyclejax import embedded
 
 POOL = 8
+# What `python -m cyclejax.train` with no flags is meant to reach in both directions, on every
+# seed and CPU kind (issue 22). Not yet reached by every run in B->A: experiments/embedded/README.md.
+GOAL = 0.40
 
 
 def _pool(x: np.ndarray, k: int) -> np.ndarray:
@@ -100,5 +103,5 @@ def format_table(report: dict) -> str:
         r = report[d]
         best = min(r["identity"], r["colour_transfer"])
         lines.append(f"{d:<10}{r['model']:>10.4f}{r['identity']:>10.4f}{r['colour_transfer']:>11.4f}{r['model'] / best:>8.2f}")
-    lines.append("ratio = model / better baseline (the goal is <= 0.5)")
+    lines.append(f"ratio = model / better baseline (the default run's goal: <= {GOAL:.2f} in both directions)")
     return "\n".join(lines)

@@ -47,7 +47,8 @@ def test_ground_truth_scores_zero_and_baselines_do_not():
         assert report[d]["model"] == pytest.approx(0.0, abs=1e-9)
         assert report[d]["identity"] > 0.3
         assert 0.05 < report[d]["colour_transfer"] < report[d]["identity"]
-    assert "ratio" in embedded_score.format_table(report)
+    assert "ratio = model / better baseline (the default run's goal: <= 0.40 in both directions)" in \
+        embedded_score.format_table(report)
 
 
 def test_texture_score_ignores_stripe_phase():
