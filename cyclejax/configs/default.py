@@ -84,10 +84,11 @@ def _paper() -> ml_collections.ConfigDict:
 def _quick_start(c: ml_collections.ConfigDict) -> None:
     """The embedded dataset, small networks and images: minutes on a laptop CPU."""
     # 800 steps at the full rate, then 2,400 decaying to zero (n_epochs 1, n_epochs_decay 3,
-    # epochs of 800 images): 3,200 steps, about 4 minutes on the 2-core VM. Two epochs at
-    # the full rate and two decaying scored B->A 0.34-0.52 on seeds 0-2 with oneDNN's
-    # convolutions (0.28-0.33 with XLA's: the same function, other round-off, another
-    # trajectory); the longer decay 0.35-0.39 (experiments/embedded).
+    # epochs of 800 images): 3,200 steps, about 5 minutes on the 2-core VM. Seeds 0-2 scored
+    # B->A 0.27-0.34 on its AVX-512 CPU and 0.30-0.50 with the instruction set capped to AVX2
+    # (other round-off, another trajectory); the goal, 0.40 on every run, is not met yet, and
+    # no change of steps, rate, widths or loss weights tried did better on average
+    # (experiments/embedded/README.md).
     # preprocess 'auto': none on the embedded dataset (64x64 already); on a folder or TFDS
     # dataset of photos of any sizes, resize_and_crop 72 -> 64 (the official 286 -> 256, scaled).
     c.update(dataset="embedded", netG="resnet_6blocks", ngf=16, ndf=16, load_size=72, crop_size=64,
