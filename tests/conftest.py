@@ -3,35 +3,21 @@
 XLA:CPU compilation is most of the suite's time, and many tests (and the subprocesses they
 start, which inherit the environment) compile the same small programs again: a resumed run,
 each paper config, each process of the multi-host test. A persistent compilation cache for
-the session lets XLA compile each distinct program once (`pytest_configure`). It changes no
+the session, in a fresh folder, lets XLA compile each distinct program once. It changes no
 result: a cached executable is the one that was compiled.
 """
-import atexit
 import os
-import shutil
 import tempfile
 
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="cyclejax-xla-cache-"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
-import jax
 import ml_collections
 import pytest
 
 from cyclejax import convolution, onednn
 from cyclejax.configs import default
-
-
-def pytest_configure(config):
-    """The session's compilation cache, a fresh folder removed at exit. pytest-xdist's
-    controller makes it before it starts its workers, which inherit it, as do the processes the
-    tests start: all of them share one cache. Set before any test compiles."""
-    if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
-        return
-    path = tempfile.mkdtemp(prefix="cyclejax-xla-cache-")
-    atexit.register(shutil.rmtree, path, True)
-    os.environ["JAX_COMPILATION_CACHE_DIR"] = path
-    jax.config.update("jax_compilation_cache_dir", path)
 
 
 def impls() -> list:
