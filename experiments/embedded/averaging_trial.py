@@ -8,7 +8,7 @@ exponential moving averages and the uniform means of steps 800, 1,600 and 2,400 
 WORKDIR/avg_eval.json). The EMAs' decay is min(d, (1+t)/(10+t)), which at 3,200 steps is
 below every d tried: the three come out the same (about the last 350 steps).
 """
-import json, sys, time
+import json, sys
 import jax, jax.numpy as jnp
 from cyclejax import training, train_step, embedded_score
 from cyclejax import model as model_lib
@@ -44,7 +44,6 @@ def patched(*a, **k):
     return step
 train_step.jit_train_step = patched
 
-orig_score = embedded_score.score
 config = default.get_config("")
 config.seed = seed
 for kv in sys.argv[3:]:
@@ -59,7 +58,7 @@ for k, g in avg.items():
     g = jax.device_get(g)
     to_B = model_lib.batch_translator(model.G_A, g["G_A"], {})
     to_A = model_lib.batch_translator(model.G_B, g["G_B"], {})
-    out[k] = orig_score(to_B, to_A, step=3200)
+    out[k] = embedded_score.score(to_B, to_A, step=3200)
 json.dump(out, open(f"{workdir}/avg_eval.json", "w"), indent=1)
 for k, r in out.items():
     print(k, " ".join(f"{d} {r[d]['model'] / min(r[d]['identity'], r[d]['colour_transfer']):.3f} (colour {r[d+'_parts']['model']['colour']:.4f} texture {r[d+'_parts']['model']['texture']:.4f})" for d in ("AtoB", "BtoA")), flush=True)
