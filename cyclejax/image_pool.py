@@ -2,7 +2,9 @@
 
 For each image of a batch, in order: while the pool holds fewer than `size` images, store it
 and return it; once full, with probability 1/2 return a uniformly chosen stored image and put
-the new one in its slot, otherwise return the new image. Size 0 returns its input.
+the new one in its slot, otherwise return the new image. Size 0 (the official `--pool_size 0`)
+returns its input and holds no images at all: `images` is None, since a checkpoint cannot store
+an array of size zero.
 """
 from __future__ import annotations
 
@@ -13,16 +15,17 @@ import jax.numpy as jnp
 
 @flax.struct.dataclass
 class ImagePool:
-    images: jax.Array  # (size, H, W, C)
+    images: jax.Array | None  # (size, H, W, C); None for size 0
     count: jax.Array  # int32: how many slots are filled
 
     @property
     def size(self) -> int:
-        return self.images.shape[0]
+        return 0 if self.images is None else self.images.shape[0]
 
 
 def init_pool(size: int, image_shape: tuple[int, int, int], dtype=jnp.float32) -> ImagePool:
-    return ImagePool(images=jnp.zeros((size, *image_shape), dtype), count=jnp.zeros((), jnp.int32))
+    images = jnp.zeros((size, *image_shape), dtype) if size > 0 else None
+    return ImagePool(images=images, count=jnp.zeros((), jnp.int32))
 
 
 def query(pool: ImagePool, images: jax.Array, key: jax.Array) -> tuple[ImagePool, jax.Array]:

@@ -4,7 +4,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cyclejax import image_pool
+from cyclejax import checkpoints, image_pool, train_state
+from cyclejax import model as model_lib
+from tests.conftest import tiny_config
 
 pytestmark = pytest.mark.numeric  # run again with the instruction set capped (.ci/run)
 
@@ -21,7 +23,23 @@ def test_size_zero_returns_its_input():
     x = _images(1, 3)
     new, out = image_pool.query(pool, x, jax.random.PRNGKey(0))
     np.testing.assert_array_equal(out, x)
-    assert new.images.shape == (0, 2, 2, 1)
+    assert new.images is None and new.size == 0
+
+
+def test_a_state_without_pools_is_checkpointed_and_restored(tmp_path):
+    """`pool_size=0` (an official option): the run's first checkpoint used to fail inside Orbax
+    ("Cannot save arrays with zero size: pool_A.images") after minutes of training."""
+    config = tiny_config(pool_size=0)
+    model = model_lib.build(config, steps_per_epoch=10)
+    state = train_state.create(model, 0, (32, 32, 3), (32, 32, 3))
+    assert state.pool_A.size == state.pool_B.size == 0
+    mngr = checkpoints.manager(tmp_path, keep=1)
+    checkpoints.save(mngr, state, config)
+    mngr.wait_until_finished()
+    restored = checkpoints.restore_latest(mngr, state, config)
+    assert restored is not None and restored.pool_A.images is None
+    for a, b in zip(jax.tree_util.tree_leaves(state), jax.tree_util.tree_leaves(restored), strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_while_filling_it_returns_and_stores_its_inputs():
