@@ -131,32 +131,52 @@ def unpack(probes, shapes):
 class Topology:
     """The probed step compiled for a mesh as `jit_train_step` shards it (nothing donated)."""
 
-    def __init__(self, model, mesh, state, batch):
+    def __init__(self, model, mesh, state, batch, kinks_shape=None):
+        """`kinks_shape`: the packed kinks' global shape where another Topology of the same case
+        knows it (`no_pins.shape`), saving a trace of the step."""
         self.mesh = mesh
+        self._placed = {}
         self.run = probed_step(model)
         rows = parallel.batch_sharding(mesh)
         jitted = jax.jit(parallel.traced_on(mesh, self.run), in_shardings=(parallel.replicated(mesh), rows, rows, parallel.replicated(mesh)),
                          out_shardings=parallel.replicated(mesh))
         local = 8 // jax.process_count()  # this process's rows of the global batch, as the input pipeline's
         self.rows = slice(jax.process_index() * local, (jax.process_index() + 1) * local)
-        kinks = jax.eval_shape(lambda s, b: self.run(s, b, None, False)[3]["kinks"], state, batch)
-        self.no_pins = np.zeros(kinks.shape, bool)
+        if kinks_shape is None:
+            kinks_shape = jax.eval_shape(lambda s, b: self.run(s, b, None, False)[3]["kinks"], state, batch).shape
+        self.no_pins = np.zeros(kinks_shape, bool)
         self.compiled = jitted.lower(*self._args(state, batch, self.no_pins, False)).compile()
         self.flops = float(self.compiled.cost_analysis()["flops"])  # per device, custom calls not counted
         self.onednn_rows = onednn_call_rows(self.compiled)
 
+    def _replicated(self, state):
+        """`state` on every device of the mesh, placed once per state."""
+        if id(state) not in self._placed:
+            self._placed[id(state)] = state, _replicate(state, self.mesh)  # holds `state`: its id stays its
+        return self._placed[id(state)][1]
+
     def _args(self, state, batch, pins, pinned):
         rows = parallel.batch_sharding(self.mesh)
         local_batch = {k: v[self.rows] for k, v in batch.items()}
-        return (parallel.replicate(state, self.mesh), parallel.shard_batch(local_batch, self.mesh),
+        return (self._replicated(state), parallel.shard_batch(local_batch, self.mesh),
                 jax.make_array_from_process_local_data(rows, pins[self.rows]),
-                parallel.replicate(np.asarray(pinned), self.mesh))
+                _replicate(np.asarray(pinned), self.mesh))
 
     def __call__(self, state, batch, pins=None):
         """One step from `state` on the global `batch`; with `pins` (a run's packed `kinks`), kinks pinned to them."""
         out = self.compiled(*self._args(state, batch, self.no_pins if pins is None else pins, pins is not None))
         state, metrics, inter, probes = jax.tree_util.tree_map(np.asarray, out)
         return state, metrics, inter, unpack(probes, self.run.shapes)
+
+
+def _replicate(tree, mesh):
+    """`parallel.replicate` without its check that every process holds the same values (`jax.device_put`
+    all-gathers each leaf across processes to compare: a compiled all-gather per leaf shape and
+    a collective per leaf, most of a step's time here). Every process holds the same states
+    here: drawn to the bit (asserted in `multi`) or read from one file."""
+    sharding = parallel.replicated(mesh)
+    return jax.tree_util.tree_map(
+        lambda x: jax.make_array_from_callback(np.shape(x), sharding, lambda index: np.asarray(x)[index]), tree)
 
 
 def packed(out):
@@ -320,7 +340,8 @@ def single(out_dir):
     data = batches(LATER + 1)
     for case in CASES:
         config, model, first = first_state(case)
-        on8, on1 = (Topology(model, mesh, first, data[0]) for mesh in (mesh8, mesh1))
+        on8 = Topology(model, mesh8, first, data[0])
+        on1 = Topology(model, mesh1, first, data[0], on8.no_pins.shape)
         later = first
         for b in data[:LATER]:
             later = on1(later, b)[0]
@@ -403,7 +424,7 @@ def multi(out_dir, coordinator_address, num_processes, process_id):
         # Every process draws the first state to the bit (process 0 reports it below as well).
         assert digest(first) == digest(saved[case, "first"]["state"]), (jax.process_index(), case)
         batch = saved[case, "first"]["batch"]
-        topology = Topology(model, mesh, first, batch)
+        topology = Topology(model, mesh, first, batch, packed(saved[case, "first"]["ref"]).shape)
         for name in ("first", "later"):
             s = saved[case, name]
             ours = topology(s["state"], s["batch"])
