@@ -1,4 +1,4 @@
-"""The real command line, end to end: a kill, a resume, a preemption (SIGTERM), a resume."""
+"""The real command line, end to end: a preemption (SIGTERM), a resume."""
 import json
 import os
 import signal
@@ -21,55 +21,39 @@ def _cmd(workdir, *extra):
 
 
 @pytest.mark.slow
-def test_kill_then_resume_through_the_command_line(tmp_path):
+def test_preemption_then_resume_through_the_command_line(tmp_path):
+    """A SIGTERM (a TPU VM's preemption notice) makes the command save the step it reached and
+    exit with 0; the same command then resumes from there. (SIGKILL at any moment, then a
+    resume: tests/test_kill_resume.py.)"""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    # A long run, checkpointing every 2 steps, killed (SIGKILL: no chance to clean up) once
-    # a checkpoint exists.
-    proc = subprocess.Popen(_cmd(tmp_path, "--config.checkpoint_every=2", "--config.n_epochs=1000",
-                                 "--config.eval_at_end=False"),
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 300
     ckpt = tmp_path / "checkpoints"
-    while time.time() < deadline and proc.poll() is None:
-        if ckpt.is_dir() and any(p.name.isdigit() for p in ckpt.iterdir()):
-            break
-        time.sleep(0.5)
-    assert proc.poll() is None, proc.stdout.read()[-3000:]
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    saved = sorted(int(p.name) for p in ckpt.iterdir() if p.name.isdigit())
-    assert saved, list(ckpt.iterdir())
-
-    # The same command resumes; a SIGTERM (a TPU VM's preemption notice) then makes it save
-    # the step it reached and exit with 0.
     proc = subprocess.Popen(_cmd(tmp_path, "--config.checkpoint_every=1000", "--config.n_epochs=1000",
                                  "--config.eval_at_end=False"),
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     seen = []
-    while time.time() < deadline + 300:
+    deadline = time.time() + 300
+    while time.time() < deadline:
         line = proc.stdout.readline()
         seen.append(line)
-        if not line or (line.startswith("step ") and any("resumed from step" in x for x in seen)):
+        if not line or line.startswith("step "):
             break
     assert proc.poll() is None, "".join(seen)[-3000:]
     proc.send_signal(signal.SIGTERM)
     rest, _ = proc.communicate(timeout=300)
     log = "".join(seen) + rest
     assert proc.returncode == 0, log[-3000:]
-    assert f"resumed from step {saved[-1]}" in log
+    assert "resumed from step" not in log
     preempted_at = int(log.split("preempted (SIGTERM) at step ")[1].split(":")[0])
-    assert preempted_at > saved[-1] and (ckpt / str(preempted_at)).is_dir()
-    saved.append(preempted_at)
+    assert preempted_at >= 2 and (ckpt / str(preempted_at)).is_dir()
 
-    # The same command again (stopping 4 steps later) resumes from the last complete checkpoint.
-    target = saved[-1] + 4
+    # The same command again (stopping 4 steps later) resumes from the preempted step's checkpoint.
+    target = preempted_at + 4
     out = subprocess.run(_cmd(tmp_path, "--config.checkpoint_every=2", "--config.n_epochs=1000",
                               f"--config.max_steps={target}",
                               "--config.sample_every=2", "--config.eval_at_end=True"),
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
-    assert "resumed from step" in out.stdout
-    assert f"resumed from step {saved[-1]}" in out.stdout
+    assert f"resumed from step {preempted_at}" in out.stdout
     assert f"step {target}/{target}" in out.stdout  # plain log lines when not on a terminal
     assert "ratio = model / better baseline" in out.stdout
     report = json.loads((tmp_path / "eval.json").read_text())
@@ -77,7 +61,7 @@ def test_kill_then_resume_through_the_command_line(tmp_path):
     for d in ("AtoB", "BtoA"):
         assert set(report[d]) == {"model", "identity", "colour_transfer"}
         assert report[d]["identity"] > report[d]["colour_transfer"] > 0
-    assert len(list(tmp_path.glob("events.out.tfevents.*"))) == 3  # one writer per process run
+    assert len(list(tmp_path.glob("events.out.tfevents.*"))) == 2  # one writer per process run
     grid = Image.open(tmp_path / "samples" / f"step_{target:08d}.png")
     assert grid.size[1] == 4 * 32 and grid.size[0] == 6 * 34
 
