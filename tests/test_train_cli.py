@@ -4,7 +4,7 @@ import os
 import signal
 import subprocess
 import sys
-import time
+import threading
 from pathlib import Path
 
 import pytest
@@ -31,12 +31,15 @@ def test_preemption_then_resume_through_the_command_line(tmp_path):
                                  "--config.eval_at_end=False"),
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     seen = []
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        line = proc.stdout.readline()
-        seen.append(line)
-        if not line or line.startswith("step "):
-            break
+    watchdog = threading.Timer(300, proc.kill)  # a run that stops printing: readline returns "" when it is killed
+    watchdog.start()
+    try:
+        while line := proc.stdout.readline():
+            seen.append(line)
+            if line.startswith("step "):
+                break
+    finally:
+        watchdog.cancel()
     assert proc.poll() is None, "".join(seen)[-3000:]
     proc.send_signal(signal.SIGTERM)
     rest, _ = proc.communicate(timeout=300)
