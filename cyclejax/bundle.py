@@ -216,9 +216,10 @@ def from_workdir(workdir: storage.PathLike, step: int | None = None) -> Bundle:
     a_to_b, b_to_a = ("G_B", "G_A") if config.get("direction") == "BtoA" else ("G_A", "G_B")
     variables = {"AtoB": {"params": params[a_to_b], "batch_stats": stats[a_to_b]},
                  "BtoA": {"params": params[b_to_a], "batch_stats": stats[b_to_a]}}
+    weights = f"average (ema_decay {config['ema_decay']})" if config.get("ema_decay") else "last"
     gen = generator_config(config, domains=domain_names(config["dataset"]),
                            source={"workdir": str(storage.resolve(workdir)), "step": step,
-                                   "dataset": config["dataset"]})
+                                   "dataset": config["dataset"], "weights": weights})
     if config.get("direction") == "BtoA":
         gen["input_nc"], gen["output_nc"] = config["output_nc"], config["input_nc"]
     return Bundle(config=gen, variables=variables)

@@ -9,6 +9,7 @@ checkpoint is unreadable is an error, never a silent fresh start.
 """
 from __future__ import annotations
 
+import dataclasses
 import gc
 import inspect
 import json
@@ -85,6 +86,18 @@ def check_compatible(saved: dict, config: ml_collections.ConfigDict, where: str)
         )
 
 
+def check_average(saved: dict, config: ml_collections.ConfigDict, where: str) -> None:
+    """A run that keeps the generators' average (ema_decay > 0) resumes only a checkpoint that
+    holds one, and the other way round; the decay itself may change."""
+    kept, keep = saved.get("ema_decay", 0.0) > 0, config.get("ema_decay", 0.0) > 0
+    if kept != keep:
+        raise CheckpointMismatch(
+            f"the checkpoint in {where} was made with ema_decay={saved.get('ema_decay', 0.0)!r} and "
+            f"{'holds' if kept else 'holds no'} average of the generators' weights, this run has "
+            f"ema_decay={config.get('ema_decay')!r}. Use a fresh --workdir, or "
+            f"--config.ema_decay={saved.get('ema_decay', 0.0)!r} to resume this one.")
+
+
 def restore_latest(mngr: ocp.CheckpointManager, like: TrainState, config: ml_collections.ConfigDict) -> TrainState | None:
     """The latest readable checkpoint restored into the shapes and shardings of `like`, or None
     when there is none; unreadable ones after it are set aside (see the module docstring)."""
@@ -99,16 +112,18 @@ def restore_latest(mngr: ocp.CheckpointManager, like: TrainState, config: ml_col
             damaged.append((step, _short(e)))
             continue
         check_compatible(saved, config, str(mngr.directory))  # a mismatch is the user's, not damage
-        _check_shapes(mngr, step, like)
+        check_average(saved, config, str(mngr.directory))
+        tree = _saved_tree(mngr, step)
+        _check_shapes(mngr, step, tree, like)
         try:
-            restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
+            restored = _restore_state(mngr, step, tree, abstract)
         except Exception as e:  # noqa: BLE001 - TensorStore reports truncated or missing data variously
             damaged.append((step, _short(e)))
             gc.collect()  # the abandoned reads, quietly
             continue
         if damaged:
             _set_aside(mngr, damaged, step)
-        return restored["state"]
+        return restored
     if damaged:
         raise CheckpointsUnreadable(
             f"{mngr.directory} holds checkpoints of steps {sorted(steps)} and none can be read "
@@ -116,18 +131,35 @@ def restore_latest(mngr: ocp.CheckpointManager, like: TrainState, config: ml_col
     return None
 
 
+def _restore_state(mngr: ocp.CheckpointManager, step: int, tree, abstract: TrainState) -> TrainState:
+    """The state of checkpoint `step` (metadata `tree`) in the shapes and shardings of `abstract`.
+    A checkpoint written before the train state had its `ema` field (no average kept) has no
+    entry for it: it is restored without one, `ema` empty as such a run's state has it."""
+    if abstract.ema or tree is None or "ema" in tree:
+        return mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))["state"]
+    target = {f.name: getattr(abstract, f.name) for f in dataclasses.fields(abstract) if f.name != "ema"}
+    restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
+    return abstract.replace(**restored, ema={})
+
+
+def _saved_tree(mngr: ocp.CheckpointManager, step: int):
+    """The metadata tree of checkpoint `step`'s state (names to array metadata), None if unreadable."""
+    try:
+        return ocp.StandardCheckpointer().metadata(mngr.directory / str(step) / "state").item_metadata.tree
+    except Exception:  # noqa: BLE001 - damaged metadata: the restore reports it
+        return None
+
+
 def _names(path) -> tuple:
     """A key path as plain names, whether its nodes are dicts or dataclasses."""
     return tuple(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))) for k in path)
 
 
-def _check_shapes(mngr: ocp.CheckpointManager, step: int, like: TrainState) -> None:
+def _check_shapes(mngr: ocp.CheckpointManager, step: int, tree, like: TrainState) -> None:
     """CheckpointMismatch when a saved array's shape is not this run's (images of another size:
     the image pools), read from the checkpoint's metadata: a restore would fail as if the
     checkpoint were damaged. Metadata that cannot be read is left to the restore to judge."""
-    try:
-        tree = ocp.StandardCheckpointer().metadata(mngr.directory / str(step) / "state").item_metadata.tree
-    except Exception:  # noqa: BLE001 - damaged metadata: the restore reports it
+    if tree is None:  # damaged metadata: the restore reports it
         return
     saved = {_names(p): tuple(m.shape) for p, m in jax.tree_util.tree_leaves_with_path(tree) if hasattr(m, "shape")}
     for path, leaf in jax.tree_util.tree_leaves_with_path(like):
@@ -202,11 +234,14 @@ def restore_anywhere() -> ocp.args.StandardRestore:
     return ocp.args.StandardRestore(fallback_sharding=jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
 
 
-def restore_generators(workdir: storage.PathLike, step: int | None = None) -> tuple[dict, dict, dict, int]:
+def restore_generators(workdir: storage.PathLike, step: int | None = None,
+                       average: bool = True) -> tuple[dict, dict, dict, int]:
     """(config, params, batch_stats, step) of both generators in a workdir's checkpoint, as numpy.
 
     Restores without a target, so it works on any device topology and never builds the
-    discriminators or optimisers; `step` None means the latest.
+    discriminators or optimisers; `step` None means the latest. The params are the
+    generators' average where the run kept one (`TrainState.ema`) and `average` is True,
+    the last weights otherwise.
     """
     ckpt_dir = storage.resolve(workdir) / "checkpoints"
     if not ckpt_dir.is_dir():
@@ -230,6 +265,12 @@ def restore_generators(workdir: storage.PathLike, step: int | None = None) -> tu
         mngr.close()
     state = restored["state"]
     to_np = lambda t: jax.tree_util.tree_map(np.asarray, t)  # noqa: E731
-    params = {k: to_np(state["params"][k]) for k in ("G_A", "G_B")}
+    kept = restored["config"].get("ema_decay", 0.0) > 0
+    if kept and not state.get("ema"):
+        raise CheckpointsUnreadable(f"the checkpoint {ckpt_dir / str(step)} was made with ema_decay="
+                                    f"{restored['config']['ema_decay']} but holds no average of the generators' "
+                                    "weights; choose another step")
+    source = state["ema"] if average and kept else state["params"]
+    params = {k: to_np(source[k]) for k in ("G_A", "G_B")}
     stats = {k: to_np(state["batch_stats"].get(k, {})) for k in ("G_A", "G_B")}
     return restored["config"], params, stats, step

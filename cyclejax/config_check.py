@@ -41,6 +41,9 @@ def validate(config: ml_collections.ConfigDict, device_count: int, process_count
                 "max_dataset_size", "log_every", "sample_every", "checkpoint_every", "prefetch"):
         if config.get(key) < 0:
             raise ConfigError(f"config.{key}={config.get(key)!r} must not be negative")
+    if not 0 <= config.get("ema_decay", 0.0) < 1:
+        raise ConfigError(f"config.ema_decay={config.get('ema_decay')!r} must be in [0, 1): 0 keeps no average of the "
+                          "generators' weights, 0.999 averages over about the last 1,000 steps")
     if config.n_epochs + config.n_epochs_decay < 1:
         raise ConfigError("config.n_epochs + config.n_epochs_decay must be at least 1")
     mode = preprocessing.preprocess_mode(config)

@@ -279,7 +279,10 @@ def model_card(b: Bundle, repo_id: str, sample: str | None = None, config: dict 
              f"CycleGAN generators made with cyclejax (JAX/Flax): {b.describe()}; "
              f"{' and '.join(ways[x] for x in b.directions)}."]
     if dataset:
-        lines.append(f"Trained on `{dataset}` for {source.get('step')} steps.")
+        average = str(source.get("weights", "")).startswith("average")
+        lines.append(f"Trained on `{dataset}` for {source.get('step')} steps"
+                     + ("; the generators' weights are their average over the steps "
+                        "(exponential moving average)." if average else "."))
     lines += ["", "## Use", "", "```bash", INSTALL,
               f"python -m cyclejax.translate --model=hf://{repo_id} --input=photos/ --output=out/ "
               f"--direction={b.directions[0]}", "```", "",

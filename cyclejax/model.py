@@ -34,6 +34,7 @@ class CycleGAN:
     lambda_B: float = 10.0
     lambda_identity: float = 0.5
     pool_size: int = 50
+    ema_decay: float = 0.0  # the generators' weight average (`train_state.update_average`); 0: none
     dtype: Any = jnp.float32  # the networks' compute dtype
 
     @property
@@ -89,6 +90,7 @@ def build(config: ml_collections.ConfigDict, steps_per_epoch: int, backend: str 
         lambda_B=config.lambda_B,
         lambda_identity=config.lambda_identity,
         pool_size=config.pool_size,
+        ema_decay=config.get("ema_decay", 0.0),
         dtype=dtype,
     )
 

@@ -34,7 +34,8 @@ class SampleWriter:
         self.translate = translate
 
     def grid(self, state) -> np.ndarray:
-        cols = self.translate(state.params, state.batch_stats, jnp.asarray(self.real_A), jnp.asarray(self.real_B))
+        cols = self.translate(state.translation_params, state.batch_stats,  # the generators' average, where kept
+                              jnp.asarray(self.real_A), jnp.asarray(self.real_B))
         cols = [np.asarray(jax.device_get(c)) for c in cols]
         h = max(c.shape[1] for c in cols)
         rows = [np.concatenate([np.pad(c[r], ((0, h - c.shape[1]), (0, 2), (0, 0)), constant_values=1) for c in cols], 1)

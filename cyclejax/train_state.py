@@ -6,6 +6,7 @@ from typing import Any
 import flax.struct
 import jax
 import jax.numpy as jnp
+import optax
 
 from cyclejax import image_pool
 from cyclejax.model import CycleGAN
@@ -30,6 +31,9 @@ class TrainState:
     pool_B: image_pool.ImagePool  # fakes of domain B (G_A's outputs) shown to D_A
     step: jax.Array  # int32
     rng: jax.Array  # uint32[2]: the run's key; each step folds its index in
+    # {'G_A', 'G_B'}: the generators' weights averaged over the steps (`update_average`), or {}
+    # when the model keeps no average (ema_decay 0).
+    ema: dict[str, Any] = flax.struct.field(default_factory=dict)
 
     @property
     def g_params(self) -> dict[str, Any]:
@@ -38,6 +42,28 @@ class TrainState:
     @property
     def d_params(self) -> dict[str, Any]:
         return {k: self.params[k] for k in DISCRIMINATOR_NETS}
+
+    @property
+    def translation_params(self) -> dict[str, Any]:
+        """Every network's parameters as translations use them: the generators' average where
+        one is kept, the last weights otherwise (samples, the end-of-run score, exports)."""
+        return {**self.params, **self.ema}
+
+
+def update_average(average: dict[str, Any], params: dict[str, Any], step: jax.Array, decay: float) -> dict[str, Any]:
+    """The exponential moving average after step `step` (0-based) has produced `params`.
+
+    Its decay is min(decay, (1 + step) / (10 + step)) (TensorFlow's ExponentialMovingAverage
+    with num_updates): early on the average follows the weights closely, so the random
+    initial weights are forgotten within a few steps, and later it spans about 1 / (1 - decay)
+    steps. `{}` (no average kept) stays `{}`.
+    """
+    if not average:
+        return average
+    leaf = jax.tree_util.tree_leaves(average)[0]
+    t = step.astype(leaf.dtype)
+    keep = jnp.minimum(jnp.asarray(decay, leaf.dtype), (1 + t) / (10 + t))
+    return optax.incremental_update(params, average, 1 - keep)
 
 
 def create(model: CycleGAN, seed: int, shape_A: tuple[int, int, int], shape_B: tuple[int, int, int]) -> TrainState:
@@ -67,4 +93,5 @@ def create(model: CycleGAN, seed: int, shape_A: tuple[int, int, int], shape_B: t
         pool_B=image_pool.init_pool(model.pool_size, shape_B, model.image_dtype),
         step=jnp.zeros((), jnp.int32),
         rng=rng,
+        ema=jax.tree_util.tree_map(jnp.copy, g) if model.ema_decay > 0 else {},  # copies: the step donates both
     )

@@ -142,6 +142,7 @@ def step_with_intermediates(model: CycleGAN) -> Callable[[TrainState, Batch], tu
             pool_A=pool_A,
             pool_B=pool_B,
             step=state.step + 1,
+            ema=train_state.update_average(state.ema, new_g, state.step, model.ema_decay),
         )
         parts = {**g_parts, **d_parts}
         metrics = {name: parts[name] for name in METRICS}

@@ -143,8 +143,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: storage.PathL
               "train_seconds": time.time() - t_start}
     if is_main and config.eval_at_end and done == total and datasets.kind(config.dataset) == "embedded":
         state = jax.device_get(state)
-        to_B = model_lib.batch_translator(model.G_A, state.params["G_A"], state.batch_stats["G_A"])
-        to_A = model_lib.batch_translator(model.G_B, state.params["G_B"], state.batch_stats["G_B"])
+        params = state.translation_params  # the generators' average where the run keeps one
+        to_B = model_lib.batch_translator(model.G_A, params["G_A"], state.batch_stats["G_A"])
+        to_A = model_lib.batch_translator(model.G_B, params["G_B"], state.batch_stats["G_B"])
         if config.direction == "BtoA":
             to_A, to_B = to_B, to_A
         report = embedded_score.score(to_B, to_A, step=int(state.step))

@@ -6,12 +6,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from cyclejax import bundle, training
+from cyclejax import bundle, checkpoints, embedded_score, training
+from cyclejax import model as model_lib
 from tests import torch_reference as ref
 from tests.conftest import tiny_config
 
@@ -48,6 +50,14 @@ def test_train_export_translate_evaluate(trained, tmp_path):
     b = bundle.load(tmp_path / "bundle")
     assert b.directions == ("AtoB", "BtoA") and b.config["source"]["step"] == 3 and b.config["ngf"] == 4
     assert (tmp_path / "bundle" / "AtoB.jax_export").stat().st_size > 0
+    # The run kept the generators' average (the quick-start's ema_decay): the bundle holds it, not the last weights.
+    _, last, _, _ = checkpoints.restore_generators(workdir, average=False)
+    state = checkpoints.restore_generators(workdir)[1]
+    assert b.config["source"]["weights"] == "average (ema_decay 0.999)"
+    for d, g in (("AtoB", "G_A"), ("BtoA", "G_B")):
+        got = jax.tree_util.tree_leaves(b.variables[d]["params"])
+        assert all(np.array_equal(x, y) for x, y in zip(got, jax.tree_util.tree_leaves(state[g])))
+        assert not all(np.array_equal(x, y) for x, y in zip(got, jax.tree_util.tree_leaves(last[g])))
 
     src = _images(tmp_path / "photos", [(50, 70), (33, 33)], 0)
     (src / "readme.txt").write_text("skip me")
@@ -63,6 +73,11 @@ def test_train_export_translate_evaluate(trained, tmp_path):
     report = json.loads((tmp_path / "embedded.json").read_text())
     for d in ("AtoB", "BtoA"):
         assert report[d] == pytest.approx(result["eval"][d], abs=2e-5)
+    # ... and that is the average's score: the last weights score otherwise.
+    to_B = model_lib.batch_translator(bundle.load(tmp_path / "bundle").generator("AtoB"), last["G_A"], {})
+    to_A = model_lib.batch_translator(bundle.load(tmp_path / "bundle").generator("BtoA"), last["G_B"], {})
+    last_report = embedded_score.score(to_B, to_A, step=3)
+    assert max(abs(last_report[d]["model"] - result["eval"][d]["model"]) for d in ("AtoB", "BtoA")) > 1e-4
 
     # FID/KID on a folder dataset, from the workdir directly, with a random extractor.
     data = tmp_path / "data"

@@ -43,6 +43,7 @@ class _Generators:
     step: jax.Array
     params: dict
     batch_stats: dict
+    ema: dict  # the generators' average (the tiny config keeps one): here their weights
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +52,8 @@ def workdir(tmp_path_factory) -> Path:
     eval.json, a sample grid), written without training: make_bundle's generators."""
     path = tmp_path_factory.mktemp("run")
     b = make_bundle()
-    state = _Generators(step=jnp.asarray(3), batch_stats={},
-                        params={"G_A": b.variables["AtoB"]["params"], "G_B": b.variables["BtoA"]["params"]})
+    generators = {"G_A": b.variables["AtoB"]["params"], "G_B": b.variables["BtoA"]["params"]}
+    state = _Generators(step=jnp.asarray(3), batch_stats={}, params=generators, ema=generators)
     mngr = checkpoints.manager(path)
     checkpoints.save(mngr, state, tiny_config(max_steps=3, sample_every=3, eval_at_end=True))
     mngr.wait_until_finished()
@@ -181,7 +182,8 @@ def test_export_pushes_the_bundle_its_card_and_the_sample_grid(pushed, hub_state
     assert embedded_score.format_table(REPORT) in card and "AtoB          0.1234" in card
     config = json.loads(re.search(r"## Training config\n\n```json\n(.*?)\n```", card, re.S).group(1))
     assert config == json.loads(tiny_config(max_steps=3, sample_every=3, eval_at_end=True).to_json())
-    assert "Trained on `embedded` for 3 steps." in card
+    assert ("Trained on `embedded` for 3 steps; the generators' weights are their average over the steps "
+            "(exponential moving average).") in card
 
 
 def test_model_card_of_a_converted_bundle_says_only_what_is_known():

@@ -30,6 +30,11 @@ def test_resumed_run_equals_uninterrupted_run_bitwise(tmp_path):
     assert all(jax.tree_util.tree_leaves(same)), "resumed state differs from the uninterrupted one"
     assert second["metrics"] == straight["metrics"]
     assert int(a["pool_A"]["count"]) == 5 and int(a["step"]) == 12
+    assert set(a["ema"]) == {"G_A", "G_B"}  # the generators' average is resumed too (bitwise, above)
+
+    # A run that would drop (or start) the average cannot resume the checkpoint: named, before any training.
+    with pytest.raises(checkpoints.CheckpointMismatch, match=r"ema_decay=0.999 .* --config.ema_decay=0.999 to resume"):
+        training.train_and_evaluate(tiny_config(max_steps=14, ema_decay=0.0), tmp_path / "resumed")
 
     # The same workdir with another architecture is refused by name, before any training.
     with pytest.raises(checkpoints.CheckpointMismatch, match="ngf: checkpoint 4, config 8"):
