@@ -104,7 +104,8 @@ def test_gs_workdir_killed_resumed_exported(gcs, tmp_path):
                 cwd=cwd, capture_output=True, text=True, timeout=300), gcs)
     assert {"bundle/bundle.json", "bundle/AtoB.msgpack", "bundle/BtoA.msgpack"} <= set(gcs.list("bundle/"))
     assert json.loads(gcs.read("bundle/bundle.json"))["source"] == {"workdir": run, "step": target,
-                                                                      "dataset": "embedded"}
+                                                                      "dataset": "embedded",
+                                                                      "weights": "average (ema_decay 0.999)"}
     photos = tmp_path / "photos"
     photos.mkdir()
     for i, size in enumerate([(40, 32), (32, 48)]):
