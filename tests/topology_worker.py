@@ -3,7 +3,7 @@ intermediate kept (tests/test_topology.py).
 
     python -m tests.topology_worker OUT        # 1 process, 8 devices: 8 devices vs 1 -> OUT/single.json
     python -m tests.topology_worker OUT --process_id=I --num_processes=2 --coordinator_address=HOST:PORT
-        # one of 2 processes, 4 devices each, vs the 1-device results the first command left in OUT
+        # one of 2 processes, 2 devices each, vs the 1-device results the first command left in OUT
         # -> OUT/multi.json
     python -m tests.topology_worker OUT --first_round   # the first round's two-step test, taken apart
 
@@ -20,9 +20,16 @@ import os
 import pickle
 import sys
 
+# Devices per process in the 2-process run. Every collective of the step (528 all-reduces with
+# batch norm: its statistics over the global batch, layer by layer) waits on each process's
+# device threads and on gloo: on the 2-core VM (2026-12-06), a chain of dependent all-reduces
+# between 2 processes took 4.9 ms each with 4 devices a process (8 device threads on 2 cores)
+# and 1.2 ms with 2, and the step's calls were most of the 2-process test's time.
+MULTI_DEVICES = 2
+
 if __name__ == "__main__" and "device_count" not in os.environ.get("XLA_FLAGS", ""):
     assert "jax" not in sys.modules
-    _DEVICES = 4 if any(a.startswith("--process_id") for a in sys.argv) else 8
+    _DEVICES = MULTI_DEVICES if any(a.startswith("--process_id") for a in sys.argv) else 8
     os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={_DEVICES}"
 
 import flax.linen as nn  # noqa: E402
