@@ -24,7 +24,7 @@ import sys
 # batch norm: its statistics over the global batch, layer by layer) waits on each process's
 # device threads and on gloo: on the 2-core VM (2026-12-06), a chain of dependent all-reduces
 # between 2 processes took 4.9 ms each with 4 devices a process (8 device threads on 2 cores)
-# and 1.2 ms with 2, and the step's calls were most of the 2-process test's time.
+# and 1.2 ms with 2 (the 2-process run: 80 s alone with 4 devices a process, 67 s with 2).
 MULTI_DEVICES = 2
 
 if __name__ == "__main__" and "device_count" not in os.environ.get("XLA_FLAGS", ""):
@@ -420,7 +420,7 @@ def first_round(sequences=4):
 
 
 def multi(out_dir, coordinator_address, num_processes, process_id):
-    """One of several processes (4 devices each) against the 1-device results `single` left in OUT."""
+    """One of several processes (MULTI_DEVICES devices each) against the 1-device results `single` left in OUT."""
     parallel.initialize_processes(coordinator_address, num_processes, process_id)
     mesh = parallel.make_mesh()
     with open(os.path.join(out_dir, "reference.pkl"), "rb") as f:
