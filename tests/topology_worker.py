@@ -22,9 +22,10 @@ import sys
 
 # Devices per process in the 2-process run. Every collective of the step (528 all-reduces with
 # batch norm: its statistics over the global batch, layer by layer) waits on each process's
-# device threads and on gloo: on the 2-core VM (2026-12-06), a chain of dependent all-reduces
-# between 2 processes took 4.9 ms each with 4 devices a process (8 device threads on 2 cores)
-# and 1.2 ms with 2 (the 2-process run: 80 s alone with 4 devices a process, 67 s with 2).
+# device threads and on gloo: on the 2-core VM, one all-reduce between 2 processes took about
+# twice as long with 4 devices a process (8 device threads on 2 cores) as with 2
+# (experiments/bench/allreduce_latency_2026-12-06.txt: 9.0-12.2 ms against 4.2-5.3), and the
+# 2-process run took 80 s alone with 4 devices a process, 67 s with 2.
 MULTI_DEVICES = 2
 
 if __name__ == "__main__" and "device_count" not in os.environ.get("XLA_FLAGS", ""):
