@@ -116,10 +116,11 @@ def test_two_processes_compute_the_step_one_process_computes(single):
     """Two processes (2 devices each, gloo on loopback) against one device, from the same states."""
     out, _ = single
     _worker(out, processes=2)
-    reports = _cases(json.loads((out / "multi.json").read_text()), f"2 processes, {2 * topology_worker.MULTI_DEVICES} devices vs 1")
+    devices = 2 * topology_worker.MULTI_DEVICES
+    reports = _cases(json.loads((out / "multi.json").read_text()), f"2 processes, {devices} devices vs 1")
     assert set(reports) == {("dropout_wgangp_batchnorm", s) for s in ("first", "later")}
     for r in reports.values():
-        _assert_same_step(r, devices=2 * topology_worker.MULTI_DEVICES)
+        _assert_same_step(r, devices=devices)
         assert r["init"] == r["init_reference"]  # each process initialised the parameters to the bit
 
 

@@ -54,9 +54,13 @@ def main(devices: int) -> None:
         port = s.getsockname()[1]
     procs = [subprocess.Popen([*me, str(devices), "--worker", str(i), str(port)], env=env, text=True,
                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL) for i in (0, 1)]
-    for p in procs:  # gloo announces its connections on stdout: only the result line is kept
-        out, _ = p.communicate(timeout=300)
-        print("".join(line for line in out.splitlines(keepends=True) if "per all-reduce" in line), end="")
+    try:
+        for p in procs:  # gloo announces its connections on stdout: only the result line is kept
+            out, _ = p.communicate(timeout=300)
+            print("".join(line for line in out.splitlines(keepends=True) if "per all-reduce" in line), end="")
+    finally:  # a process whose peer failed would wait for it until jax's own timeout
+        for p in procs:
+            p.kill()
 
 
 if __name__ == "__main__":
