@@ -78,7 +78,7 @@ def load_split(dataset: str, split: str, max_images: int = 0) -> Split:
         raise DatasetError(f"split must be one of {SPLITS}, got {split!r}")
     k = kind(dataset)
     if k == "embedded":
-        arrays = embedded.load_split(split)
+        arrays = embedded.load_split(split, max_images)
         encoded = tuple(images.encode_png(a) for a in arrays)
         out = Split(f"embedded:{split}", encoded, tuple(f"embedded:{split}[{i}]" for i in range(len(arrays))),
                     tuple(a.shape[:2] for a in arrays))
