@@ -71,11 +71,13 @@ def test_preemption_then_resume_through_the_command_line(tmp_path):
 
 @pytest.mark.slow
 def test_bad_config_value_is_refused_before_compiling(tmp_path):
-    out = subprocess.run(_cmd(tmp_path, "--config.netG=resnet_12blocks"), cwd=ROOT, capture_output=True, text=True,
-                         timeout=300)
+    cmd = _cmd(tmp_path, "--config.netG=resnet_12blocks")
+    out = subprocess.run([cmd[0], "-X", "importtime", *cmd[1:]], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 2
     assert "config.netG='resnet_12blocks' is not allowed" in out.stderr
     assert not (tmp_path / "checkpoints").exists()
+    assert _imported(out.stderr, "jax", "flax") == ["jax", "flax"]  # the report is read right
+    assert not _imported(out.stderr, "tensorflow", "orbax.checkpoint")  # refused before they load
 
 
 AVX2 = {"XLA_FLAGS": "--xla_cpu_max_isa=AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
@@ -111,12 +113,20 @@ def test_bfloat16_on_an_avx2_cpu_trains_and_an_explicit_onednn_is_one_error(tmp_
     ("--workdirr=x", "Unknown command line flag 'workdirr'"),
 ])
 def test_flag_and_config_key_mistakes_are_one_line(tmp_path, flag, message):
-    out = subprocess.run([sys.executable, "-m", "cyclejax.train", f"--workdir={tmp_path}", flag], cwd=ROOT,
-                         capture_output=True, text=True, timeout=300)
+    out = subprocess.run([sys.executable, "-X", "importtime", "-m", "cyclejax.train", f"--workdir={tmp_path}", flag],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 2, out.stderr[-2000:]
     errors = [line for line in out.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and message in errors[0], out.stderr[-2000:]
     assert "Traceback" not in out.stderr and not (tmp_path / "checkpoints").exists()
+    # Refused before TensorFlow and Orbax load (seconds of a run's start-up).
+    assert not _imported(out.stderr, "tensorflow", "orbax.checkpoint"), _imported(out.stderr, "tensorflow", "orbax.checkpoint")
+
+
+def _imported(importtime: str, *modules) -> list[str]:
+    """Which of `modules` a process's `python -X importtime` report (its stderr) shows imported."""
+    names = {line.rsplit("|", 1)[-1].strip() for line in importtime.splitlines() if line.startswith("import time:")}
+    return [m for m in modules if m in names]
 
 
 @pytest.mark.slow
