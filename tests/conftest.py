@@ -4,8 +4,10 @@ XLA:CPU compilation is most of the suite's time, and many tests (and the subproc
 start, which inherit the environment) compile the same small programs again: a resumed run,
 each paper config, each process of the multi-host test. A persistent compilation cache for
 the session, in a fresh folder, lets XLA compile each distinct program once. It changes no
-result: a cached executable is the one that was compiled. The folder is this process's (one per
-pytest-xdist worker), and removed when it exits.
+result: a cached executable is the one that was compiled. pytest-xdist's controller loads this
+file before it starts its workers, which inherit the folder, as do the processes the tests
+start: one cache for the whole run (2026-12-06: one folder, 2,672 programs, about 850 s of
+compilation stored), removed when the controller exits.
 """
 import atexit
 import os
