@@ -120,7 +120,8 @@ def test_flag_and_config_key_mistakes_are_one_line(tmp_path, flag, message):
     assert len(errors) == 1 and message in errors[0], out.stderr[-2000:]
     assert "Traceback" not in out.stderr and not (tmp_path / "checkpoints").exists()
     # Refused before TensorFlow and Orbax load (seconds of a run's start-up).
-    assert not _imported(out.stderr, "tensorflow", "orbax.checkpoint"), _imported(out.stderr, "tensorflow", "orbax.checkpoint")
+    loaded = _imported(out.stderr, "tensorflow", "orbax.checkpoint")
+    assert not loaded, loaded
 
 
 def _imported(importtime: str, *modules) -> list[str]:
