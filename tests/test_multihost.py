@@ -60,7 +60,8 @@ def run_processes(cmd: list[str], processes: int, devices: int, x64: bool = Fals
 
 
 def _train(workdir, processes: int, steps: int) -> list[str]:
-    cmd = [sys.executable, "-m", "cyclejax.train", f"--workdir={workdir}", *TINY, f"--config.max_steps={steps}"]
+    cmd = [sys.executable, "-m", "cyclejax.train", f"--workdir={workdir}", *TINY, f"--config.max_steps={steps}",
+           "--config.checkpoint_every=3"]
     if processes == 1:
         out = subprocess.run(cmd, cwd=ROOT, env=_env(4, x64=True), capture_output=True, text=True, timeout=600)
         assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
@@ -79,11 +80,14 @@ def _state(workdir):
 @pytest.mark.slow
 def test_two_processes_train_what_one_process_trains(tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
-    _train(one, processes=1, steps=3)
-    shutil.copytree(one, two)
-    # Both continue from the same checkpoint for 2 steps: one process with 4 devices, and two
-    # processes with 2 devices each (restoring a checkpoint written by one process).
+    # One process with 4 devices trains 5 steps, saving steps 3 and 5; two processes with 2
+    # devices each resume its checkpoint of step 3 (written by one process) and train steps 4
+    # and 5. A resumed run is the uninterrupted one to the bit (tests/test_kill_resume.py), so
+    # both reach step 5 from the same state by the same two steps; one command fewer than
+    # running the one process to 3 and resuming it too.
     _train(one, processes=1, steps=5)
+    shutil.copytree(one, two)
+    shutil.rmtree(two / "checkpoints" / "5")
     outs = _train(two, processes=2, steps=5)
     assert "4 devices, 2 process(es)" in outs[0] and "resumed from step 3" in outs[0] and "step 5/" in outs[0]
     # Only process 0 prints, logs and writes samples. Gloo announces its connections itself, from
