@@ -1,6 +1,6 @@
 """Several processes train one model: two local processes on loopback (CPU, gloo collectives), each
-with 2 devices, against one process with 4 devices, both resuming one checkpoint; checkpoints
-move between topologies (one process -> two, two -> this test's single device)."""
+with 2 devices, resume a checkpoint of one process with 4 devices and reach the state that process
+reaches; checkpoints move between topologies (one process -> two, two -> this test's single device)."""
 import os
 import re
 import shutil
