@@ -240,7 +240,8 @@ def test_page_in_a_browser_translates_downloads_names_bad_uploads_and_keeps_serv
 
                 def upload(path, expect):
                     # Waits for this upload's own status: while Gradio processes it, the status
-                    # still holds the last one (with "processing" over it), which may match `expect`.
+                    # still holds the last one, which may match `expect`, under an overlay whose text
+                    # ("processing", a timer) comes first; this upload's status starts with `expect`.
                     before = status.inner_text(timeout=TIMEOUT_MS)
                     clear = page.locator("#upload").get_by_role("button", name="Clear")
                     if clear.count():
@@ -248,7 +249,7 @@ def test_page_in_a_browser_translates_downloads_names_bad_uploads_and_keeps_serv
                         page.wait_for_selector("#upload input[type=file]", state="attached", timeout=TIMEOUT_MS)
                     page.locator("#upload input[type=file]").set_input_files(str(path), timeout=TIMEOUT_MS)
                     page.wait_for_function("([before, t]) => { const s = document.querySelector('#status').innerText; "
-                                           "return s !== before && s.includes(t) && !s.includes('processing'); }",
+                                           "return s !== before && s.trim().startsWith(t); }",
                                            arg=[before, expect], timeout=TIMEOUT_MS)
                     return status.inner_text(timeout=TIMEOUT_MS)
 
