@@ -86,26 +86,24 @@ def _cases(results, topology):
 def test_eight_devices_compute_the_step_one_device_computes(single):
     _, results = single
     reports = _cases(results, "8 devices vs 1")
-    assert set(reports) == {(c, s) for c in ("official", "dropout_wgangp_batchnorm") for s in ("first", "later")}
+    assert set(reports) == {(c, s) for c in topology_worker.TESTED for s in ("first", "later")}
     for r in reports.values():
         _assert_same_step(r)
-    official, other = reports["official", "first"], reports["dropout_wgangp_batchnorm", "first"]
-    # What the cases exercise: 40 biases before instance norm; 36 dropout masks (6 generator calls x
-    # 6 blocks) of which about half keep; the penalty's alphas (one draw per discriminator); a
-    # pool of 4 that fills and swaps within the first step of 8 images, and batch statistics.
-    assert official["inert_biases"] == 2 * 17 + 2 * 3
-    assert official["dropout_masks"][0] == 0 and other["dropout_masks"][0] == 36
-    assert abs(other["dropout_keep_fraction"] - 0.5) < 0.01
-    assert official["alphas"][0] == 0 and other["alphas"][0] == 2
-    assert "s" in official["pool_draws"][1]["A"][0] and official["pool_draws"][1]["A"][2] == 4
-    assert other["batch_stats"] > 0  # norm='batch': compared, and round-off apart
+    first = reports["dropout_wgangp_batchnorm", "first"]
+    # What the case exercises: 36 dropout masks (6 generator calls x 6 blocks) of which about
+    # half keep; the penalty's alphas (one draw per discriminator); a pool of 4 that fills and
+    # swaps within the first step of 8 images, and batch statistics over the global batch.
+    assert first["dropout_masks"][0] == 36 and abs(first["dropout_keep_fraction"] - 0.5) < 0.01
+    assert first["alphas"][0] == 2
+    assert "s" in first["pool_draws"][1]["A"][0] and first["pool_draws"][1]["A"][2] == 4
+    assert first["batch_stats"] > 0  # norm='batch': compared, and round-off apart
 
 
 @pytest.mark.slow
 def test_the_bounds_see_a_real_difference(single):
     """A control: the same step with one image of the batch flipped fails every bound."""
     _, results = single
-    control = _cases(results, "control: one image flipped")["official", "later"]
+    control = _cases(results, "control: one image flipped")["dropout_wgangp_batchnorm", "later"]
     for group in ("losses", "fakes", "kink_inputs", "grads"):
         assert control[group] > 100 * STEP_EPS, (group, control[group])
     assert control["crossed_kinks"] > 1000
@@ -130,8 +128,9 @@ def test_the_first_state_is_drawn_the_same_on_one_device(single):
     if jax.default_backend() != "cpu":
         pytest.skip("compares with the worker's CPU devices")
     _, results = single
-    _, _, first = topology_worker.first_state("official")
-    assert topology_worker.digest(first) == _cases(results, "8 devices vs 1")["official", "first"]["init"]
+    case = topology_worker.TESTED[0]
+    _, _, first = topology_worker.first_state(case)
+    assert topology_worker.digest(first) == _cases(results, "8 devices vs 1")[case, "first"]["init"]
 
 
 def test_flips_and_crops_do_not_depend_on_the_process_count():

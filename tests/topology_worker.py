@@ -50,7 +50,11 @@ LATER = 20  # steps on one device to the later state
 # The official options (lsgan, instance norm, no dropout), and the other random streams and
 # reductions: dropout masks, the penalty's alphas, batch statistics over the global batch.
 CASES = {"official": {}, "dropout_wgangp_batchnorm": dict(no_dropout=False, gan_mode="wgangp", norm="batch")}
-MULTI_CASES = ("dropout_wgangp_batchnorm",)  # all the collectives and random streams, in half the time
+# The case the tests run, on 8 devices and in 2 processes: every collective and random stream of
+# the step. The official options on 8 devices against 1 are tests/test_parallel.py's (in float32
+# against the float64 truth, as the machine is and capped); here they cost 4 compilations more,
+# a sixth of the suite's longest file (2026-12-06). `first_round` still takes them.
+TESTED = ("dropout_wgangp_batchnorm",)
 
 
 def config_for(case):
@@ -346,7 +350,7 @@ def single(out_dir):
     mesh8, mesh1 = parallel.make_mesh(jax.devices()), parallel.make_mesh(jax.devices()[:1])
     saved, results = {}, []
     data = batches(LATER + 1)
-    for case in CASES:
+    for case in TESTED:
         config, model, first = first_state(case)
         on8 = Topology(model, mesh8, first, data[0])
         on1 = Topology(model, mesh1, first, data[0], on8.no_pins.shape)
@@ -366,7 +370,7 @@ def single(out_dir):
                             "onednn_call_rows": [on8.onednn_rows, on1.onednn_rows], **report})
             saved[case, name] = dict(state=state, batch=batch, ref=ref, scales=scales, flops=on1.flops,
                                      onednn_rows=on1.onednn_rows)
-            if case == "official" and name == "later":
+            if name == "later":
                 # A control: one image of the batch flipped is a difference these bounds see.
                 flipped = dict(batch, A=batch["A"].copy())
                 flipped["A"][0] = flipped["A"][0, :, ::-1]
@@ -427,7 +431,7 @@ def multi(out_dir, coordinator_address, num_processes, process_id):
     with open(os.path.join(out_dir, "reference.pkl"), "rb") as f:
         saved = pickle.load(f)
     results = []
-    for case in MULTI_CASES:
+    for case in TESTED:
         config, model, first = first_state(case)
         # Every process draws the first state to the bit (process 0 reports it below as well).
         assert digest(first) == digest(saved[case, "first"]["state"]), (jax.process_index(), case)
