@@ -1,9 +1,11 @@
 """Run in a subprocess with 8 fake CPU devices: the same steps on 8 devices and on 1, and the
 float64 truth (one device, x64, from the same float32 start).
 
-Prints one JSON line: how far each run is from the truth, what breaks the bound (8 devices no
-further from the truth than 4 times one device, plus 16 float32 units of the scale), and how
-the batch was laid out.
+    python -m tests.multidevice_worker onednn xla     # a JSON line per conv_impl
+
+Prints, for each conv_impl, one JSON line: how far each run is from the truth, what breaks the
+bound (8 devices no further from the truth than 4 times one device, plus 16 float32 units of
+the scale), and how the batch was laid out.
 """
 import json
 import os
@@ -60,14 +62,21 @@ def within(error8, error1, scale):
 
 
 def main():
+    """argv[1:]: the conv_impls ('onednn' runs its custom calls per device, in shard_map); a JSON
+    line for each, against one float64 truth (XLA's convolutions, whatever the conv_impl)."""
     assert len(jax.devices()) == 8, jax.devices()
-    # argv[1]: the conv_impl ('onednn' runs its custom calls per device, in shard_map).
-    config = tiny_config(batch_size=8, pool_size=4, conv_impl=sys.argv[1] if len(sys.argv) > 1 else "auto")
     rng = np.random.default_rng(0)
     batches = [{k: rng.uniform(-1, 1, (8, 32, 32, 3)).astype(np.float32) for k in "AB"} for _ in range(1)]
+    truth_of = None
+    for conv_impl in sys.argv[1:] or ["auto"]:
+        config = tiny_config(batch_size=8, pool_size=4, conv_impl=conv_impl)
+        truth_of = truth_of or truth(batches, config)
+        print(json.dumps({"conv_impl": conv_impl, **compare(batches, config, *truth_of)}), flush=True)
+
+
+def compare(batches, config, t, mt, model64):
     s8, m8, shards8, rows8 = run(jax.devices(), batches, config)
     s1, m1, shards1, rows1 = run(jax.devices()[:1], batches, config)
-    t, mt, model64 = truth(batches, config)
     model = model_lib.build(config, steps_per_epoch=10)
     x = batches[0]["A"]
     errors, violations, n_inert = {}, [], 0
@@ -97,10 +106,10 @@ def main():
         if not within(*errors[f"loss {k}"], abs(float(mt[k]))):
             violations.append(f"loss {k}")
     worst = max(errors, key=lambda k: errors[k][0] / max(errors[k][1], 1e-30))
-    print(json.dumps({"violations": violations, "compared": len(errors), "worst_ratio": [worst, *errors[worst]],
-                      "max_param_diff_8_vs_1": max(abs(e[0] - e[1]) for e in errors.values()),
-                      "inert_biases": n_inert, "shards": [shards8, shards1], "steps": int(s8.step),
-                      "onednn_call_rows": [rows8, rows1]}))
+    return {"violations": violations, "compared": len(errors), "worst_ratio": [worst, *errors[worst]],
+            "max_param_diff_8_vs_1": max(abs(e[0] - e[1]) for e in errors.values()),
+            "inert_biases": n_inert, "shards": [shards8, shards1], "steps": int(s8.step),
+            "onednn_call_rows": [rows8, rows1]}
 
 
 if __name__ == "__main__":

@@ -12,12 +12,25 @@ from cyclejax import onednn
 pytestmark = pytest.mark.numeric  # run again with the instruction set capped (.ci/run)
 
 ROOT = Path(__file__).resolve().parents[1]
+IMPLS = [pytest.param("onednn", marks=pytest.mark.skipif(not onednn.available(),
+                                                         reason=f"oneDNN: {onednn.unavailable_reason()}")), "xla"]
+
+
+@pytest.fixture(scope="module")
+def results():
+    """Each conv_impl's report, from one worker process: one start-up and one float64 truth for all."""
+    impls = ["onednn", "xla"] if onednn.available() else ["xla"]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    out = subprocess.run([sys.executable, "-m", "tests.multidevice_worker", *impls], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    reports = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    return {r["conv_impl"]: r for r in reports}
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("conv_impl", [pytest.param("onednn", marks=pytest.mark.skipif(
-    not onednn.available(), reason=f"oneDNN: {onednn.unavailable_reason()}")), "xla"])
-def test_eight_devices_equal_one_device(conv_impl):
+@pytest.mark.parametrize("conv_impl", IMPLS)
+def test_eight_devices_equal_one_device(results, conv_impl):
     """One step, global batch 8 (pool filling then swapping): parameters, outputs and losses are as
     close to the float64 truth as one device's (a tolerance measured on the machine, not tuned).
 
@@ -28,11 +41,7 @@ def test_eight_devices_equal_one_device(conv_impl):
     took 2.5 times as long here); 'onednn' the custom calls, each device on its own rows of the batch (in `jax.shard_map`:
     XLA cannot split a custom call), kernel gradients summed over the devices.
     """
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    out = subprocess.run([sys.executable, "-m", "tests.multidevice_worker", conv_impl], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result = results[conv_impl]
     assert result["shards"] == [8, 1]
     assert result["steps"] == 1
     # Parameters, outputs and losses of the 8-device run: no further from the float64 truth than
