@@ -8,6 +8,8 @@ equal the official ones (tests/test_networks.py).
 from __future__ import annotations
 
 import functools
+import types
+from collections.abc import Mapping
 
 import flax.linen as nn
 import jax
@@ -196,21 +198,27 @@ class PixelDiscriminator(Discriminator):
         return h.astype(full_precision(h.dtype))
 
 
+@functools.cache
 def layer_defs(norm: str = "instance", init_type: str = "normal", init_gain: float = 0.02,
-               dtype: Dtype = jnp.float32, conv_impl: str = "auto") -> dict[str, ModuleDef]:
-    """{'conv', 'conv_transpose', 'norm'} as the official options define them."""
+               dtype: Dtype = jnp.float32, conv_impl: str = "auto") -> Mapping[str, ModuleDef]:
+    """{'conv', 'conv_transpose', 'norm'} as the official options define them.
+
+    The same options give the same objects, so networks built from the same options compare
+    equal (a module compares its fields, and a fresh initialiser closure is never equal to
+    another): `train_state.create` initialises equal networks with one compiled program.
+    """
     if norm not in NORMS:
         raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
     if init_type not in INIT_TYPES:
         raise ValueError(f"init_type must be one of {INIT_TYPES}, got {init_type!r}")
     bias = conv_bias(norm)
-    return {
+    return types.MappingProxyType({
         "conv": functools.partial(Conv, use_bias=bias, kernel_init=kernel_init(init_type, init_gain), dtype=dtype,
                                   conv_impl=conv_impl),
         "conv_transpose": functools.partial(ConvTranspose, use_bias=bias, dtype=dtype, conv_impl=conv_impl,
                                             kernel_init=kernel_init(init_type, init_gain, transposed=True)),
         "norm": norm_layer(norm, init_gain),
-    }
+    })
 
 
 def define_G(

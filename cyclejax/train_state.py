@@ -1,8 +1,10 @@
 """The whole training state of a CycleGAN as one pytree."""
 from __future__ import annotations
 
+import functools
 from typing import Any
 
+import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
@@ -66,6 +68,14 @@ def update_average(average: dict[str, Any], params: dict[str, Any], step: jax.Ar
     return optax.incremental_update(params, average, 1 - keep)
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _init(net: nn.Module, key: jax.Array, x: jax.Array) -> dict[str, Any]:
+    """`net`'s variables, compiled once per distinct network and input shape in a process:
+    equal networks (G_A and G_B, D_A and D_B where the domains have as many channels, and every
+    network of a later model with the same options) share one program, traced once."""
+    return net.init({"params": key}, x, train=False)
+
+
 def create(model: CycleGAN, seed: int, shape_A: tuple[int, int, int], shape_B: tuple[int, int, int]) -> TrainState:
     """Initialises every network (official init), both optimisers and both pools.
 
@@ -78,8 +88,7 @@ def create(model: CycleGAN, seed: int, shape_A: tuple[int, int, int], shape_B: t
     inputs = {name: jnp.zeros((1, *shape), jnp.float32) for name, shape in input_shapes(shape_A, shape_B).items()}
     params, batch_stats = {}, {}
     for name in NETS:
-        init = jax.jit(getattr(model, name).init, static_argnames="train")
-        variables = init({"params": keys[name]}, inputs[name], train=False)
+        variables = _init(getattr(model, name), keys[name], inputs[name])
         params[name] = variables["params"]
         batch_stats[name] = variables.get("batch_stats", {})
     g = {k: params[k] for k in GENERATOR_NETS}
