@@ -36,6 +36,7 @@ class NamingApplier(NetworkApplier):
     """A `NetworkApplier` that says which network it is applying, while it does (`NamingApplier.current`)."""
 
     current = None
+    nested = False  # the networks traced inline, where `instance_norm_roundoff`'s interceptor sees them
 
     def _named(self, apply, name, params, x):
         previous, NamingApplier.current = NamingApplier.current, name
