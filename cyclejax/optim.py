@@ -8,6 +8,7 @@ per-step form of the same line: constant for `n_epochs` epochs, then linear to z
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -20,6 +21,9 @@ def official_multiplier(epoch: int, n_epochs: int, n_epochs_decay: int, epoch_co
     return 1.0 - max(0, epoch + epoch_count - n_epochs) / float(n_epochs_decay + 1)
 
 
+# The schedule and the optimiser are cached, so that models built from the same options compare
+# equal and share their compiled step (`train_step.jit_train_step`).
+@functools.cache
 def learning_rate_schedule(lr: float, n_epochs: int, n_epochs_decay: int, steps_per_epoch: int,
                            dtype=jnp.float32) -> optax.Schedule:
     """lr for `n_epochs * steps_per_epoch` steps, then linear decay to 0 over `n_epochs_decay` epochs,
@@ -36,6 +40,7 @@ def learning_rate_schedule(lr: float, n_epochs: int, n_epochs_decay: int, steps_
     return lambda count: schedule(jnp.asarray(count, dtype))
 
 
+@functools.cache
 def adam(schedule: optax.Schedule, beta1: float = 0.5, beta2: float = 0.999) -> optax.GradientTransformation:
     """torch.optim.Adam(lr, betas=(beta1, beta2)), eps 1e-8: optax.adam's update and state, with
     its bias corrections computed accurately (`scale_by_adam`)."""

@@ -223,11 +223,20 @@ def compiler_options(model: CycleGAN, shape_A: tuple[int, int, int], shape_B: tu
 def jit_train_step(model: CycleGAN, mesh: Mesh, options: dict[str, str] | None = None) -> StepFn:
     """The compiled step: state replicated over the mesh and donated, batch sharded over `data`;
     `options`: XLA compiler options (`compiler_options`). The mesh is in context while the step
-    is traced, so that oneDNN's convolutions run per device on it (`cyclejax.onednn`)."""
+    is traced, so that oneDNN's convolutions run per device on it (`cyclejax.onednn`).
+
+    One jitted step per model (models built from the same options are equal), mesh and options
+    in a process: a second run of the same config (a notebook's training cell run again, a
+    resume after an interruption) neither traces nor compiles its step again."""
+    return _jit_train_step(model, mesh, tuple(sorted((options or {}).items())))
+
+
+@functools.cache
+def _jit_train_step(model: CycleGAN, mesh: Mesh, options: tuple[tuple[str, str], ...]) -> StepFn:
     return jax.jit(
         parallel.traced_on(mesh, make_train_step(model)),
         in_shardings=(parallel.replicated(mesh), parallel.batch_sharding(mesh)),
         out_shardings=(parallel.replicated(mesh), parallel.replicated(mesh)),
         donate_argnums=0,
-        compiler_options=options or None,
+        compiler_options=dict(options) or None,
     )

@@ -106,3 +106,21 @@ def test_a_model_with_dropout_trains_writes_samples_and_scores(tmp_path):
                                                      eval_at_end=True), tmp_path / "run")
     assert result["step"] == 2 and set(result["eval"]) >= {"AtoB", "BtoA"}
     assert sorted(p.name for p in (tmp_path / "run" / "samples").iterdir())[-1] == "step_00000002.png"
+
+
+def test_the_same_config_again_in_a_process_traces_no_step_and_no_initialisation(tmp_path):
+    """A notebook's training cell run again, or a run resumed in the same process, reuses the
+    compiled step (`train_step.jit_train_step`) and initialisations (`train_state.create`):
+    nothing of either is traced or compiled again, and the run computes the same losses."""
+    config = tiny_config(max_steps=2, eval_at_end=False)
+    first = training.train_and_evaluate(config, tmp_path / "first")
+    events = []
+    listener = lambda event, duration, **kw: events.append((event.rsplit("/", 1)[-1], kw.get("fun_name", "")))  # noqa: E731
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        again = training.train_and_evaluate(config, tmp_path / "again")
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    assert again["step"] == 2 and again["metrics"] == first["metrics"]
+    traced = [fun for event, fun in events if event == "jaxpr_trace_duration"]
+    assert traced and not [f for f in traced if f.split("(")[-1].rstrip(")") in ("train_step", "init", "_init", "_apply")], traced
