@@ -117,13 +117,14 @@ def probed_step(model):
             return originals[3](discriminator, real, fake, key, **kw)
 
         nn.relu, nn.leaky_relu, losses.l1, losses.gradient_penalty = relu, leaky_relu, l1, gradient_penalty
-        train_step.NetworkApplier.nested = False  # the networks traced inline, where the probes see them
+        # The networks traced inline, where the probes see them.
+        nested, train_step.NetworkApplier.nested = train_step.NetworkApplier.nested, False
         try:
             with nn.intercept_methods(interceptor):
                 new_state, metrics, inter = step(state, batch)
         finally:
             nn.relu, nn.leaky_relu, losses.l1, losses.gradient_penalty = originals
-            train_step.NetworkApplier.nested = True
+            train_step.NetworkApplier.nested = nested
         for k in ("masks", "kink_inputs", "kinks"):
             run.shapes[k] = [x.shape for x in probes[k]]
             probes[k] = jnp.concatenate([x.reshape(x.shape[0], -1) for x in probes[k]] or [jnp.zeros((8, 0))], axis=1)
