@@ -96,10 +96,9 @@ def has_split(dataset: str, split: str) -> bool:
 
 
 def _tfds_split(dataset: str, split: str) -> Split:
-    import tensorflow as tf
+    from cyclejax.tf_import import tf  # noqa: F401  (TensorFlow as cyclejax imports it, before TFDS does)
     import tensorflow_datasets as tfds
 
-    tf.config.set_visible_devices([], "GPU")
     name = dataset.split("/", 1)[1]
     if name not in TFDS_NAMES:
         raise DatasetError(f"unknown TFDS dataset {dataset!r}: cycle_gan has {', '.join(TFDS_NAMES)}")

@@ -10,12 +10,11 @@ from __future__ import annotations
 from typing import Iterator
 
 import numpy as np
-import tensorflow as tf
 
 from cyclejax import datasets, images
 from cyclejax.preprocessing import preprocess_mode
+from cyclejax.tf_import import tf
 
-tf.config.set_visible_devices([], "GPU")  # tf.data only: leave accelerators to JAX
 
 def steps_per_epoch(n_A: int, n_B: int, global_batch: int) -> int:
     return max(1, max(n_A, n_B) // global_batch)

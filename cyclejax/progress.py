@@ -9,11 +9,11 @@ import sys
 import time
 
 import jax
-import tensorflow as tf
 from tqdm import tqdm
 
 from cyclejax import storage
 from cyclejax.losses import METRICS
+from cyclejax.tf_import import tf
 
 
 class Progress:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-import tensorflow as tf
 
 from cyclejax import input_pipeline, storage
 from cyclejax.model import apply_train_mode
+from cyclejax.tf_import import tf
 
 ROWS = 4
 

@@ -130,3 +130,22 @@ def test_sizes_that_cannot_train_together_are_refused_before_compiling(tmp_path)
                                   crop_size=32)
     assert len(train_A) == 2 and len(train_B) == 1
     load("cropped", "scale_width_and_crop", [(50, 100), (60, 100)], [(32, 32)], load_size=80, crop_size=32)
+
+
+def test_tensorflow_loads_without_keras_and_keras_still_imports_after():
+    """cyclejax imports TensorFlow without the Keras (and pandas, matplotlib) it would import
+    eagerly (cyclejax/tf_import.py: about 1.5 s of every command's start on the 2-core VM)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "from cyclejax import training\n"
+            "from cyclejax.tf_import import tf\n"
+            "print(sorted(m for m in ('keras', 'pandas', 'matplotlib') if m in sys.modules))\n"
+            "print(list(tf.data.Dataset.range(3).map(lambda x: 2 * x).as_numpy_iterator()))\n"
+            "print([d.device_type for d in tf.config.get_visible_devices()])\n"
+            "import keras\n"
+            "print(tf.keras.layers.Dense(2)(tf.ones((1, 3))).shape)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.splitlines() == ["[]", "[np.int64(0), np.int64(2), np.int64(4)]", "['CPU']", "(1, 2)"]
