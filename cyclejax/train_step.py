@@ -212,9 +212,11 @@ def compiler_options(model: CycleGAN, shape_A: tuple[int, int, int], shape_B: tu
     if jax.default_backend() != "cpu" or not onednn.available():
         return {}
     limit = onednn.serial_limit_mflop()
-    largest = max(onednn.largest_mflop(lambda x, net=getattr(model, name): net.init(jax.random.key(0), x, train=False),
+    # Each distinct network and input once (G_A and G_B are one network where the options make them equal).
+    inputs = {(getattr(model, name), shape) for name, shape in train_state.input_shapes(shape_A, shape_B).items()}
+    largest = max(onednn.largest_mflop(lambda x, net=net: net.init(jax.random.key(0), x, train=False),
                                        jax.ShapeDtypeStruct((per_device_batch, *shape), jnp.float32))
-                  for name, shape in train_state.input_shapes(shape_A, shape_B).items())
+                  for net, shape in inputs)
     if limit < 0 or largest < max(MEMORY_SCHEDULER_MFLOP, limit):
         return {}
     return {"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"}
