@@ -68,12 +68,40 @@ def update_average(average: dict[str, Any], params: dict[str, Any], step: jax.Ar
     return optax.incremental_update(params, average, 1 - keep)
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _init(net: nn.Module, key: jax.Array, x: jax.Array) -> dict[str, Any]:
-    """`net`'s variables, compiled once per distinct network and input shape in a process:
-    equal networks (G_A and G_B, D_A and D_B where the domains have as many channels, and every
-    network of a later model with the same options) share one program, traced once."""
-    return net.init({"params": key}, x, train=False)
+# `create` runs three kinds of compiled program, each cached in the process and persistently:
+# eager operations would compile (or read from the persistent cache) a program per operation and
+# shape, 35 of them for the tiny model (zeros, copies and key operations: about 1.5 s of each
+# run's start on the 2-core VM).
+
+
+@jax.jit
+def _keys(seed: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The state's key, and one 'rbg' key per network for its parameters (XLA:CPU compiles the
+    'rbg' generator about three times faster than threefry: most of a small model's start-up)."""
+    return jax.random.fold_in(jax.random.PRNGKey(seed), 1), jax.random.split(jax.random.key(seed, impl="rbg"), 4)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 2))
+def _init(net: nn.Module, key: jax.Array, shape: tuple[int, ...]) -> dict[str, Any]:
+    """`net`'s variables for inputs of (H, W, C) `shape`, compiled once per distinct network and
+    shape in a process: equal networks (G_A and G_B, D_A and D_B where the domains have as many
+    channels, and every network of a later model with the same options) share one program."""
+    return net.init({"params": key}, jnp.zeros((1, *shape), jnp.float32), train=False)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 2, 3))
+def _rest(model: CycleGAN, params: dict[str, Any], shape_A: tuple[int, ...], shape_B: tuple[int, ...]) -> dict:
+    """Both optimisers' states, both pools, the step and the generators' average."""
+    g = {k: params[k] for k in GENERATOR_NETS}
+    d = {k: params[k] for k in DISCRIMINATOR_NETS}
+    return dict(
+        opt_state_G=model.tx_G.init(g),
+        opt_state_D=model.tx_D.init(d),
+        pool_A=image_pool.init_pool(model.pool_size, shape_A, model.image_dtype),
+        pool_B=image_pool.init_pool(model.pool_size, shape_B, model.image_dtype),
+        step=jnp.zeros((), jnp.int32),
+        ema=jax.tree_util.tree_map(jnp.copy, g) if model.ema_decay > 0 else {},  # copies: the step donates both
+    )
 
 
 def create(model: CycleGAN, seed: int, shape_A: tuple[int, int, int], shape_B: tuple[int, int, int]) -> TrainState:
@@ -81,26 +109,11 @@ def create(model: CycleGAN, seed: int, shape_A: tuple[int, int, int], shape_B: t
 
     `shape_A`, `shape_B`: (H, W, C) of one image of each domain.
     """
-    rng = jax.random.fold_in(jax.random.PRNGKey(seed), 1)
-    # Parameters are drawn with the 'rbg' generator: XLA:CPU compiles it about three times
-    # faster than threefry, which is most of the start-up time of a small model.
-    keys = dict(zip(NETS, jax.random.split(jax.random.key(seed, impl="rbg"), 4)))
-    inputs = {name: jnp.zeros((1, *shape), jnp.float32) for name, shape in input_shapes(shape_A, shape_B).items()}
+    rng, keys = _keys(seed)
     params, batch_stats = {}, {}
-    for name in NETS:
-        variables = _init(getattr(model, name), keys[name], inputs[name])
+    for name, key in zip(NETS, keys):
+        variables = _init(getattr(model, name), key, tuple(input_shapes(shape_A, shape_B)[name]))
         params[name] = variables["params"]
         batch_stats[name] = variables.get("batch_stats", {})
-    g = {k: params[k] for k in GENERATOR_NETS}
-    d = {k: params[k] for k in DISCRIMINATOR_NETS}
-    return TrainState(
-        params=params,
-        batch_stats=batch_stats,
-        opt_state_G=model.tx_G.init(g),
-        opt_state_D=model.tx_D.init(d),
-        pool_A=image_pool.init_pool(model.pool_size, shape_A, model.image_dtype),
-        pool_B=image_pool.init_pool(model.pool_size, shape_B, model.image_dtype),
-        step=jnp.zeros((), jnp.int32),
-        rng=rng,
-        ema=jax.tree_util.tree_map(jnp.copy, g) if model.ema_decay > 0 else {},  # copies: the step donates both
-    )
+    return TrainState(params=params, batch_stats=batch_stats, rng=rng,
+                      **_rest(model, params, tuple(shape_A), tuple(shape_B)))
