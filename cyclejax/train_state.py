@@ -109,11 +109,11 @@ def create(model: CycleGAN, seed: int, shape_A: tuple[int, int, int], shape_B: t
 
     `shape_A`, `shape_B`: (H, W, C) of one image of each domain.
     """
+    shape_A, shape_B = tuple(shape_A), tuple(shape_B)  # static arguments: hashable
     rng, keys = _keys(seed)
     params, batch_stats = {}, {}
-    for name, key in zip(NETS, keys):
-        variables = _init(getattr(model, name), key, tuple(input_shapes(shape_A, shape_B)[name]))
+    for (name, shape), key in zip(input_shapes(shape_A, shape_B).items(), keys):
+        variables = _init(getattr(model, name), key, shape)
         params[name] = variables["params"]
         batch_stats[name] = variables.get("batch_stats", {})
-    return TrainState(params=params, batch_stats=batch_stats, rng=rng,
-                      **_rest(model, params, tuple(shape_A), tuple(shape_B)))
+    return TrainState(params=params, batch_stats=batch_stats, rng=rng, **_rest(model, params, shape_A, shape_B))
