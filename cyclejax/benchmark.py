@@ -51,6 +51,16 @@ def compiled_flops(compiled) -> float:
     return float((analysis or {}).get("flops", float("nan")))
 
 
+def model_flops(config, mesh, state, data) -> float:
+    """The step's model FLOPs, all devices together: XLA's count of the step written with XLA's
+    convolutions, lowered (before partitioning and optimisation; nothing is compiled). The
+    compiled program's count would miss what custom calls compute (oneDNN's here, cuDNN's on a
+    GPU) and, partitioned, count one device's share."""
+    xla = config.copy_and_resolve_references()
+    xla.conv_impl = "xla"
+    return compiled_flops(train_step.jit_train_step(model_lib.build(xla, steps_per_epoch=1000), mesh).lower(state, data))
+
+
 def benchmark(netG: str, netD: str, size: int, batch: int, dtype: str, ngf: int, ndf: int,
               steps: int, warmup: int, conv_impl: str = "auto") -> dict:
     config = _config(netG, netD, ngf, ndf, dtype, batch, conv_impl)
@@ -67,13 +77,7 @@ def benchmark(netG: str, netD: str, size: int, batch: int, dtype: str, ngf: int,
     lowered = train_step.jit_train_step(model, mesh, options).lower(state, data)
     compiled = lowered.compile()
     compile_s = time.perf_counter() - t0
-    # The step's model FLOPs, all devices together: XLA's count of the step written with XLA's
-    # convolutions, before optimisation. The compiled program's count would miss what custom
-    # calls compute (oneDNN's here, cuDNN's on a GPU) and, partitioned, count one device's share.
-    if convolution.resolve(conv_impl) != "xla":
-        xla_model = model_lib.build(_config(netG, netD, ngf, ndf, dtype, batch, "xla"), steps_per_epoch=1000)
-        lowered = train_step.jit_train_step(xla_model, mesh).lower(state, data)
-    flops = compiled_flops(lowered)
+    flops = compiled_flops(lowered) if convolution.resolve(conv_impl) == "xla" else model_flops(config, mesh, state, data)
     print(f"compiled in {compile_s:.1f} s; {flops / 1e12:.3f} TFLOP per step (XLA cost analysis)", flush=True)
 
     for i in range(warmup):

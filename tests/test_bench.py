@@ -9,6 +9,18 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _generator_forward_flops(batch=2, size=32, ngf=4):
+    """One forward pass of resnet_6blocks' convolutions, by hand (2 FLOPs a multiply-add): each
+    layer's output pixels x kernel taps x in x out channels; a transposed layer's input pixels
+    instead (XLA's count of one also counts its products with inserted zeros). The step runs six:
+    each generator on real, cycled and identity images."""
+    c, s = ngf, size
+    layers = [(s * s, 49 * 3, c), (s * s // 4, 9 * c, 2 * c), (s * s // 16, 18 * c, 4 * c),
+              *[(s * s // 16, 36 * c, 4 * c)] * 12, (s * s // 16, 36 * c, 2 * c), (s * s // 4, 18 * c, c),
+              (s * s, 49 * c, 3)]
+    return 2 * batch * sum(pixels * taps * out for pixels, taps, out in layers)
+
+
 def _bench(*args):
     return subprocess.run([sys.executable, "-m", "cyclejax.bench", "--netG=resnet_6blocks", "--size=32", "--ngf=4",
                            "--ndf=4", *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
@@ -23,7 +35,8 @@ def test_bench_prints_one_json_line_with_the_step_time_breakdown_and_torch_ratio
     assert len(result["step_times"]) == 2
     assert result["s_per_step"] == pytest.approx(sum(result["step_times"]) / 2)  # the median of two
     assert result["img_per_s"] == pytest.approx(2 / result["s_per_step"])
-    assert result["compile_s"] > 0 and result["tflop_per_step"] > 0 and result["peak_rss_mb"] > 100
+    assert result["compile_s"] > 0 and result["peak_rss_mb"] > 100
+    assert result["tflop_per_step"] * 1e12 > 6 * _generator_forward_flops()  # the whole step, whatever the conv_impl
     assert result["compiler_options"] == {}  # a model this small keeps XLA's defaults (train_step.compiler_options)
     assert set(result["breakdown"]) == {"G_forward_s", "D_forward_s", "generator_update_grad_s",
                                         "discriminator_update_grad_s", "first_upsampling_fwd_bwd_s"}
@@ -66,26 +79,45 @@ def test_bench_input_times_the_pipeline_alone(tmp_path):
     assert missing.returncode == 2 and "error: --input needs --dataset" in missing.stderr
 
 
+FLOPS = """
+import json
+import jax
+import numpy as np
+from cyclejax import benchmark, model as model_lib, onednn, parallel, train_state, train_step
+
+config = benchmark._config("resnet_6blocks", "basic", 4, 4, "float32", 2, "matmul")
+state = train_state.create(model_lib.build(config, steps_per_epoch=1000), 0, (32, 32, 3), (32, 32, 3))
+batch = {k: np.random.default_rng(0).uniform(-1, 1, (2, 32, 32, 3)).astype(np.float32) for k in "AB"}
+counts = {}
+for devices in (1, 2):
+    mesh = parallel.make_mesh(jax.devices()[:devices])
+    args = parallel.replicate(state, mesh), parallel.shard_batch(batch, mesh)
+    counts[f"model {devices}"] = benchmark.model_flops(config, mesh, *args)
+    for impl in ("matmul", "onednn") if onednn.available() else ("matmul",):
+        config.conv_impl = impl  # the program's own count: its convolutions' FLOPs are there or not
+        model = model_lib.build(config, steps_per_epoch=1000)
+        lowered = train_step.jit_train_step(model, mesh).lower(*args)
+        counts[f"{impl} {devices}"] = benchmark.compiled_flops(lowered)
+print(json.dumps(counts))
+"""
+
+
 @pytest.mark.slow
 def test_bench_counts_the_whole_steps_flops_on_any_device_count_and_convolution():
     """tflop_per_step is the step's model FLOPs, all devices together: the same for one device
     or two (a partitioned program's own count is one device's share) and for every conv_impl
-    (custom calls hide their FLOPs from XLA's count of the compiled program)."""
+    (custom calls hide their FLOPs from XLA's count of the compiled program). One process with
+    two devices; the steps lowered, not compiled (where XLA counts)."""
     import os
 
-    def flops(*args, devices=1):
-        env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
-        out = subprocess.run([sys.executable, "-m", "cyclejax.bench", "--netG=resnet_6blocks", "--size=32",
-                              "--ngf=4", "--ndf=4", "--steps=1", "--warmup=0", "--batch=2", *args], cwd=ROOT,
-                             capture_output=True, text=True, timeout=600, env=env)
-        assert out.returncode == 0, out.stderr[-3000:]
-        result = json.loads(out.stdout.strip().splitlines()[-1])
-        assert result["devices"] == f"{devices} x cpu"
-        return result["tflop_per_step"]
-
-    one = flops("--conv_impl=xla")
-    # A convolution's FLOPs by hand: the generator's first layer (7x7, 3 -> 4 channels, 32x32,
-    # batch 2) alone is 2 * 2*32*32*4 * 7*7*3 = 2.4 MFLOP forward; the whole step is far more.
-    assert one * 1e12 > 3 * 2 * 2 * 32 * 32 * 4 * 7 * 7 * 3
-    assert flops("--conv_impl=xla", devices=2) == pytest.approx(one, rel=1e-9)
-    assert flops("--conv_impl=matmul") == pytest.approx(one, rel=1e-9)
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    out = subprocess.run([sys.executable, "-c", FLOPS], cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    counts = json.loads(out.stdout.strip().splitlines()[-1])
+    one = counts["model 1"]
+    assert one > 6 * _generator_forward_flops()
+    assert counts["model 2"] == pytest.approx(one, rel=1e-9)
+    # Why the count is taken from XLA's convolutions: products are counted, oneDNN's calls not.
+    assert counts["matmul 1"] > 6 * _generator_forward_flops()
+    if "onednn 1" in counts:
+        assert counts["onednn 1"] < _generator_forward_flops()
