@@ -137,3 +137,22 @@ def test_fid_network_features_match_pytorch(torch_net, tmp_path):
 def test_missing_weights_say_how_to_download(tmp_path):
     with pytest.raises(inception.MissingWeights, match="leave out --inception_weights to download them once.*https://github.com/mseitzer"):
         inception.load_weights(tmp_path / "nope.pth")
+
+
+def test_random_weights_fit_the_weight_file_layout_and_give_varied_finite_features(torch_net):
+    """`--inception_weights=random` (drawn with NumPy, not `net.init`): every variable of the
+    weight file's layout, in float32, and features that differ between images and seeds."""
+    import jax
+
+    sd = {k: v.numpy() for k, v in torch_net.state_dict().items()}
+    layout = torch_weights.state_dict_to_variables(sd, inception.FIDInception(), 3, inception.SIZE, "layout",
+                                                   key_fn=inception.torch_key, ignore=("fc.",))
+    random = inception.init_random(0)
+    assert jax.tree_util.tree_structure(random) == jax.tree_util.tree_structure(layout)
+    for a, b in zip(jax.tree_util.tree_leaves(random), jax.tree_util.tree_leaves(layout)):
+        assert a.shape == b.shape and a.dtype == np.float32
+    x = np.random.default_rng(6).uniform(0, 1, (2, 299, 299, 3)).astype(np.float32)
+    f0, f1 = inception.features(random, x), inception.features(inception.init_random(1), x)
+    assert np.isfinite(f0).all() and f0.std() > 0
+    assert np.abs(f0[0] - f0[1]).max() > 1e-3 * np.abs(f0).max()  # the images are told apart
+    assert not np.allclose(f0, f1)  # another seed, other weights
