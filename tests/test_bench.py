@@ -94,8 +94,9 @@ for devices in (1, 2):
     args = parallel.replicate(state, mesh), parallel.shard_batch(batch, mesh)
     counts[f"model {devices}"] = benchmark.model_flops(config, mesh, *args)
     for impl in ("matmul", "onednn") if onednn.available() else ("matmul",):
-        config.conv_impl = impl  # the program's own count: its convolutions' FLOPs are there or not
-        model = model_lib.build(config, steps_per_epoch=1000)
+        own = config.copy_and_resolve_references()  # the program's own count: its convolutions there or not
+        own.conv_impl = impl
+        model = model_lib.build(own, steps_per_epoch=1000)
         lowered = train_step.jit_train_step(model, mesh).lower(*args)
         counts[f"{impl} {devices}"] = benchmark.compiled_flops(lowered)
 print(json.dumps(counts))
