@@ -4,9 +4,10 @@ with accelerators hidden from it.
 `import tensorflow` imports Keras 3 eagerly (to register Keras' optimizers with SavedModel,
 tensorflow/__init__.py), and Keras imports pandas and matplotlib: 1.1-1.7 s of a 2.9-3.6 s
 import on the 2-core VM, in every train command (and whatever else reads datasets or writes
-TensorBoard summaries), for nothing cyclejax calls. With "keras" marked missing while TensorFlow loads, TensorFlow skips that import (it
-catches the ImportError); `tf.keras` stays lazy and `import keras` works afterwards. Where
-Keras or TensorFlow was imported first, this changes nothing.
+TensorBoard summaries), for nothing cyclejax calls. With "keras" marked missing while
+TensorFlow loads, TensorFlow skips that import (it catches the ImportError); `tf.keras` stays
+lazy and `import keras` works afterwards. Where Keras or TensorFlow was imported first, this
+changes nothing.
 """
 import sys
 
