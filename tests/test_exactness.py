@@ -17,12 +17,13 @@ pytestmark = pytest.mark.numeric  # run again with the instruction set capped (.
 RTOL, ATOL = 1e-9, 1e-12
 
 # Every option the issue names at least once: resnet and unet generators, basic and n_layers
-# discriminators, the three GAN modes, instance and batch norm; XLA's convolutions and the
-# matrix-product forms (the ResNet blocks' 16 channels and the PatchGAN's last layer take them).
-# Three steps cover them all; two more (the official options with matrix products, and with
-# batch norm) each repeated what these three show, at about 35 s a case (2026-12-06).
+# discriminators, the three GAN modes, instance and batch norm; XLA's convolutions, Winograd's
+# form (the ResNet blocks' 3x3 layers, 16 channels here; XLA's for the others) and the
+# matrix-product forms (the ResNet blocks and the PatchGAN's last layer). Three steps cover them
+# all; two more (the official options with matrix products, and with batch norm) each repeated
+# what these three show, at about 35 s a case (2026-12-06).
 CASES = {
-    "resnet-basic-lsgan-instance-xla": dict(conv_impl="xla"),
+    "resnet-basic-lsgan-instance-winograd": dict(conv_impl="winograd"),
     "unet128-nlayers2-vanilla-batch-xla": dict(netG="unet_128", netD="n_layers", n_layers_D=2, gan_mode="vanilla",
                                                norm="batch", conv_impl="xla", size=128),
     "resnet-nlayers1-wgangp-instance-matmul": dict(netD="n_layers", n_layers_D=1, gan_mode="wgangp",

@@ -191,6 +191,36 @@ def test_matmul_convolution_equals_xla_convolution_in_float64_and_as_closely_in_
         assert_as_close_as(got, want, t, what=name)
 
 
+@pytest.mark.parametrize("shape, cout", [((2, 13, 10, 16), 24), ((1, 8, 8, 32), 16)])  # odd and even output sizes
+def test_winograd_convolution_equals_xla_convolution_in_float64_and_as_closely_in_float32(shape, cout):
+    """Winograd's F(2x2, 3x3) and its custom gradient are the same function as XLA's convolution:
+    equal to 1e-12 in float64 (its transforms are exact), and in float32 as close to that truth as
+    XLA's own float32 is. bfloat16 (on an AVX2-only CPU, under auto): float32 on bfloat16's values,
+    the result and the kernel's gradient float32, the input's rounded to bfloat16, as oneDNN's
+    float32 kernels compute it there."""
+    rng = np.random.default_rng(shape[-1])
+    x, k = rng.normal(size=shape), rng.normal(size=(3, 3, shape[-1], cout)) / 3 / np.sqrt(shape[-1])
+    with jax.enable_x64(True):
+        truth = _conv_and_grads("xla", jnp.asarray(x), jnp.asarray(k))
+        exact = _conv_and_grads("winograd", jnp.asarray(x), jnp.asarray(k))
+        assert exact[0].dtype == jnp.float64 and exact[0].shape == (*shape[:3], cout)
+        for got, want in zip(exact, truth):
+            np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12 * float(jnp.abs(want).max()))
+    x32, k32 = jnp.asarray(x, jnp.float32), jnp.asarray(k, jnp.float32)
+    for name, got, want, t in zip(("output", "input gradient", "kernel gradient"), _conv_and_grads("winograd", x32, k32),
+                                  _conv_and_grads("xla", x32, k32), truth):
+        assert got.dtype == jnp.float32
+        assert_as_close_as(got, want, t, what=name)
+    # A float32 kernel (a parameter) on bfloat16 activations.
+    rounded = [jnp.asarray(x, jnp.bfloat16), jnp.asarray(k, jnp.bfloat16).astype(jnp.float32)]
+    got = _conv_and_grads("winograd", *rounded)
+    want = _conv_and_grads("xla", *(a.astype(jnp.float32) for a in rounded))  # bfloat16's values, float32 sums
+    assert [g.dtype for g in got] == [jnp.float32, jnp.bfloat16, jnp.float32]
+    for g, w in zip(got, (want[0], want[1].astype(jnp.bfloat16), want[2])):
+        np.testing.assert_allclose(np.asarray(g, np.float32), np.asarray(w, np.float32), rtol=2**-7,
+                                   atol=1e-5 * float(jnp.abs(w.astype(jnp.float32)).max()))
+
+
 # bfloat16: both round a float32 sum to 8 bits; they may differ by one unit in the last place
 # (2^-7 relative), so twice that relative bound, plus an absolute one for values near zero.
 @pytest.mark.parametrize("kernel, cin, cout", MATMUL_SHAPES)
@@ -209,10 +239,24 @@ def test_conv_impl_chooses_the_form_of_each_layer(monkeypatch):
         assert form("auto", 1, 64, 3, backend) == form("auto", 1, 256, 256, backend) == "xla"
         with pytest.raises(ValueError, match="runs on CPU only"):
             convolution.resolve("onednn", backend)
-    # CPU, auto with oneDNN (a one-device process): oneDNN for every layer.
+    # CPU, auto with oneDNN (a one-device process): oneDNN for every layer where its kernels are
+    # AVX-512's (it has bfloat16 convolutions there).
     monkeypatch.setattr(onednn, "available", lambda: True)
+    monkeypatch.setattr(onednn, "supports", lambda dtype: True)
     assert convolution.resolve("auto", "cpu") == "onednn"
-    assert form("auto", 2, 3, 64, "cpu") == form("auto", 1, 256, 256, "cpu") == "onednn"
+    assert form("auto", 2, 3, 64, "cpu") == form("auto", 1, 256, 256, "cpu", kernel_size=3) == "onednn"
+    # Where they are AVX2's: Winograd's form for the stride-1 3x3 layers with 16 or more channels
+    # each way (a ResNet block's), oneDNN for the others.
+    monkeypatch.setattr(onednn, "supports", lambda dtype: jnp.dtype(dtype) == jnp.float32)
+    assert convolution.resolve("auto", "cpu") == "winograd"
+    assert form("auto", 1, 256, 256, "cpu", kernel_size=3) == form("auto", 1, 16, 16, "cpu", kernel_size=3) == "winograd"
+    for args in ((1, 256, 256), (2, 64, 128), (1, 15, 16), (1, 16, 8)):  # a transposed layer's sub-pixel form, ...
+        assert form("auto", *args, "cpu", kernel_size=None if args == (1, 256, 256) else 3) == "onednn", args
+    assert form("auto", 1, 64, 3, "cpu", kernel_size=7) == "onednn"
+    # An explicit winograd: the same layers, and what auto would take without it for the rest.
+    assert form("winograd", 1, 256, 256, "gpu", kernel_size=3) == "winograd"
+    assert form("winograd", 2, 64, 128, "gpu", kernel_size=3) == "xla"
+    assert form("winograd", 1, 64, 3, "cpu", jnp.float64, kernel_size=7) == "xla"
     # CPU, auto without oneDNN: products only where XLA:CPU's convolution is slowest.
     monkeypatch.setattr(onednn, "available", lambda: False)
     monkeypatch.setattr(onednn, "unavailable_reason", lambda: "not built")
@@ -242,13 +286,15 @@ def test_conv_impl_follows_the_dtype_and_what_the_cpu_runs(monkeypatch):
     monkeypatch.setattr(onednn, "supports", lambda dtype: jnp.dtype(dtype) == jnp.float32)
     monkeypatch.setattr(onednn, "cpu_flags", lambda: frozenset({"avx", "avx2", "fma"}))
     monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
-    assert convolution.resolve("auto", "cpu", jnp.bfloat16) == "onednn"
+    assert convolution.resolve("auto", "cpu", jnp.bfloat16) == "winograd"  # oneDNN's kernels here are AVX2's
+    assert convolution.form("auto", 2, 16, 16, "cpu", jnp.bfloat16, kernel_size=4) == "onednn"
     assert convolution.form("onednn", 1, 16, 16, "cpu", jnp.bfloat16) == "onednn"  # a built model's choice
     with pytest.raises(RuntimeError, match=r"cannot run in bfloat16: this CPU lacks AVX-512 \(avx512bw avx512cd "
                                            r"avx512dq avx512f avx512vl not in /proc/cpuinfo's flags\)"):
         convolution.resolve("onednn", "cpu", jnp.bfloat16)
     assert "float32 kernels on the bfloat16 operands" in convolution.describe("auto", jnp.bfloat16, "cpu")
-    assert convolution.describe("auto", jnp.float32, "cpu") == "oneDNN's"
+    assert convolution.describe("auto", jnp.float32, "cpu") == (
+        "Winograd's F(2x2, 3x3) for the 3x3 layers (oneDNN runs AVX2 kernels here); elsewhere oneDNN's")
 
 
 @pytest.fixture(params=["native", "float32 kernels"])
@@ -312,7 +358,7 @@ def test_onednn_convolution_and_gradients_equal_xla_float64_truth(kernel, stride
 @pytest.mark.parametrize("kernel, stride, padding, size", CONVOLUTIONS)
 def test_onednn_bfloat16_convolution_and_gradients_equal_xla(kernel, stride, padding, size, bfloat16_path):
     x, k, cotangent = _operands(kernel, stride, padding, size, jnp.bfloat16)
-    assert convolution.resolve("auto", "cpu", jnp.bfloat16) == "onednn"
+    assert convolution.form("auto", stride, 5, 6, "cpu", jnp.bfloat16, kernel_size=kernel) == "onednn"
     got_all = _convolution_and_gradients("auto", x, k, cotangent, stride, padding)
     want_all = _convolution_and_gradients("xla", x, k, cotangent, stride, padding)
     # oneDNN's result is float32 (its float32 accumulator, unrounded); gradients in their primal's dtype.
