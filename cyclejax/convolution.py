@@ -1,4 +1,5 @@
-"""The 2-D convolution every network uses: oneDNN's, XLA's, or the same function as matrix products.
+"""The 2-D convolution every network uses: oneDNN's, XLA's, or the same function as matrix products
+or by Winograd's F(2x2, 3x3).
 
 `conv_impl` (a config key) chooses, per layer (`form`):
 
@@ -10,7 +11,11 @@
 - `xla`: `lax.conv_general_dilated` everywhere. The fast path on GPUs (cuDNN) and TPUs,
   which is what `auto` takes there.
 - `matmul`: matrix products for every stride-1 layer with at least 16 input channels.
-- `auto`: on GPU and TPU `xla`; on CPU `onednn` where the extension loads, else the mixed
+- `winograd`: Winograd's F(2x2, 3x3) (`winograd`, 16 products per 2x2 output tile and
+  channel pair instead of 36) for the stride-1 3x3 layers with at least 16 channels each
+  way (the ResNet blocks'), and what `auto` would take for the others.
+- `auto`: on GPU and TPU `xla`; on CPU `onednn` where the extension loads (`winograd`
+  where its kernels are AVX2's: `avx2_only`), else the mixed
   form: matrix products only for the stride-1 layers
   with fewer than 16 output channels (the generator's 7x7 output layer, the PatchGAN's
   last layer), XLA's convolution elsewhere. XLA:CPU runs the 7x7 64->3 output layer
@@ -382,8 +387,11 @@ def _winograd_fwd(x, kernel):
 
 def _winograd_bwd(saved, dy):
     """Both gradients in the transformed space; only x and the kernel are kept from the forward
-    pass (the transformed input is 4x x's size: kept, it added 1.7 GB to the 256x256 step)."""
+    pass, and the transformed input is computed again here: it is 4x x's size (the barrier
+    keeps XLA from taking the forward pass's instead, which kept them all alive for the
+    backward pass: 2.4 GB more at 256x256)."""
     x, kernel = saved
+    x = x + 0 * dy[(0,) * dy.ndim]  # x again, but after dy (XLA:CPU drops optimisation barriers before its CSE)
     v, u = _winograd_input(x), _winograd_kernel(kernel)
     n, t, s, o = dy.shape[0], dy.shape[1] // 2, dy.shape[2] // 2, dy.shape[3]
     m = jax.ShapeDtypeStruct((16, n * t * s, o), dy.dtype)
