@@ -14,8 +14,9 @@ or by Winograd's F(2x2, 3x3).
 - `winograd`: Winograd's F(2x2, 3x3) (`winograd`, 16 products per 2x2 output tile and
   channel pair instead of 36) for the stride-1 3x3 layers with at least 16 channels each
   way (the ResNet blocks'), and what `auto` would take for the others.
-- `auto`: on GPU and TPU `xla`; on CPU `onednn` where the extension loads (`winograd`
-  where its kernels are AVX2's: `avx2_only`), else the mixed
+- `auto`: on GPU and TPU `xla`; on CPU `onednn` where the extension loads (where its
+  kernels are AVX2's, `avx2_only`, with Winograd's form for the 3x3 layers of
+  WINOGRAD_AUTO_MFLOP or more: 'onednn_winograd'), else the mixed
   form: matrix products only for the stride-1 layers
   with fewer than 16 output channels (the generator's 7x7 output layer, the PatchGAN's
   last layer), XLA's convolution elsewhere. XLA:CPU runs the 7x7 64->3 output layer
@@ -52,6 +53,13 @@ from cyclejax import onednn
 IMPLS = ("auto", "xla", "matmul", "onednn", "winograd")
 MIN_MATMUL_CHANNELS = 16  # fewer input channels: XLA's convolution; fewer output channels: taps_out
 MIN_WINOGRAD_CHANNELS = 16  # 3x3 stride-1 layers with fewer input or output channels: not Winograd's
+# Under 'auto' with oneDNN's AVX2 kernels, Winograd's form for the 3x3 layers whose forward pass
+# is this many MFLOP or more. Forward and both gradients, with the instruction set capped to
+# AVX2 on the 2-core AMD EPYC, oneDNN's time over Winograd's (experiments/bench/README.md): 256
+# channels at 32x32 (1,208 MFLOP, the paper's ResNet blocks at 128x128) 1.57; 128 at 32x32 and
+# 64 at 64x64 (302) 1.03 and 1.01; 256 at 16x16 (302) 0.94; 64 at 32x32 (75) 0.87; 64 at 16x16
+# (19, the quick-start model's) 0.61.
+WINOGRAD_AUTO_MFLOP = 600.0
 
 
 def resolve(impl: str, backend: str | None = None, dtype=None) -> str:
@@ -59,7 +67,8 @@ def resolve(impl: str, backend: str | None = None, dtype=None) -> str:
     `dtype` (default float32): 'xla', 'matmul', 'onednn', or 'auto' for the mixed CPU form (a
     choice per layer, see `form`).
 
-    'auto' is 'xla' on GPU and TPU; on CPU 'onednn' where the extension loads (in bfloat16 on
+    'auto' is 'xla' on GPU and TPU; on CPU 'onednn' where the extension loads ('onednn_winograd'
+    where its kernels are AVX2's: `form` takes Winograd's for the large 3x3 layers; in bfloat16 on
     a CPU whose oneDNN has no bfloat16 convolutions, oneDNN's float32 ones on the same
     bfloat16 operands: `onednn_operands`), else the mixed form; in float64, which oneDNN
     does not compute, 'xla'. An explicit 'onednn' that cannot run is an error here, when the
@@ -88,15 +97,15 @@ def resolve(impl: str, backend: str | None = None, dtype=None) -> str:
         if dtype == jnp.float64:
             return "xla"
         if onednn.available():
-            return "winograd" if avx2_only() else "onednn"
+            return "onednn_winograd" if avx2_only() else "onednn"
     return impl
 
 
 def avx2_only() -> bool:
     """Whether this process's oneDNN runs AVX2 kernels (no avx512_core: an AVX2-only CPU such
     as AMD Zen 3, or ONEDNN_MAX_CPU_ISA=AVX2), decided once per process: there 'auto' takes
-    Winograd's form for the 3x3 layers, where oneDNN's direct AVX2 convolutions are slower
-    (`winograd`). oneDNN 2023.2 has bfloat16 convolutions from avx512_core up, so their
+    Winograd's form for the large 3x3 layers, where oneDNN's direct AVX2 convolutions are
+    slower (`winograd`, WINOGRAD_AUTO_MFLOP). oneDNN 2023.2 has bfloat16 convolutions from avx512_core up, so their
     absence is the test (`onednn.supports`)."""
     return onednn.available() and not onednn.supports(jnp.bfloat16)
 
@@ -114,9 +123,11 @@ def describe(impl: str, dtype=None, backend: str | None = None) -> str:
     """Which convolutions a model computing in `dtype` runs with `impl`, and why, for the logs."""
     resolved = resolve(impl, backend, dtype)
     if resolved == "winograd":
-        why = " (oneDNN runs AVX2 kernels here)" if impl == "auto" else ""
         rest = _describe(_without_winograd(backend, dtype), dtype)
-        return f"Winograd's F(2x2, 3x3) for the 3x3 layers{why}; elsewhere {rest}"
+        return f"Winograd's F(2x2, 3x3) for the 3x3 layers; elsewhere {rest}"
+    if resolved == "onednn_winograd":
+        return (f"{_describe('onednn', dtype)}; Winograd's F(2x2, 3x3) for the 3x3 layers of "
+                f"{WINOGRAD_AUTO_MFLOP:.0f} MFLOP or more (oneDNN runs AVX2 kernels here)")
     return _describe(resolved, dtype)
 
 
@@ -132,13 +143,15 @@ def _describe(resolved: str, dtype) -> str:
 
 
 def form(impl: str, stride: int, in_channels: int, out_channels: int, backend: str | None = None,
-         dtype=None, kernel_size: int | None = None) -> str:
-    """How one layer (a `kernel_size` square kernel) is computed: 'onednn', 'xla', 'winograd',
-    'taps_in' or 'taps_out'.
+         dtype=None, kernel_size: int | None = None, mflop: float = 0.0) -> str:
+    """How one layer (a `kernel_size` square kernel, `mflop` in its forward pass) is computed:
+    'onednn', 'xla', 'winograd', 'taps_in' or 'taps_out'.
 
     'winograd' takes Winograd's form for the stride-1 3x3 layers with at least
     MIN_WINOGRAD_CHANNELS input and output channels (a ResNet block's), and for the others
-    oneDNN's convolution where it runs (else what 'auto' takes).
+    oneDNN's convolution where it runs (else what 'auto' takes); 'onednn_winograd' ('auto'
+    where oneDNN's kernels are AVX2's) the same for those of WINOGRAD_AUTO_MFLOP or more,
+    oneDNN's for the rest.
 
     'onednn' takes oneDNN's convolution for every layer. 'matmul' takes matrix products for
     every stride-1 layer with at least 16 input channels; the mixed 'auto' (CPU without
@@ -149,8 +162,10 @@ def form(impl: str, stride: int, in_channels: int, out_channels: int, backend: s
     """
     # A model passes the implementation `resolve` chose when it was built (and checked there);
     # only 'auto' is decided here, per layer.
-    if impl == "auto" or impl not in IMPLS:
+    if impl == "auto" or impl not in IMPLS + ("onednn_winograd",):
         impl = resolve(impl, backend, dtype)
+    if impl == "onednn_winograd":
+        impl = "winograd" if mflop >= WINOGRAD_AUTO_MFLOP else "onednn"
     if impl == "winograd":
         if kernel_size == 3 and stride == 1 and min(in_channels, out_channels) >= MIN_WINOGRAD_CHANNELS:
             return "winograd"
@@ -178,7 +193,9 @@ def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1, padding: tuple[int,
     ph, pw = padding
     kh, kw, c, o = kernel.shape
     dtype = jnp.dtype(dtype or x.dtype)
-    how = form(impl, stride, c, o, dtype=dtype, kernel_size=kh if kh == kw else None)
+    n, h, w, _ = x.shape
+    mflop = 2e-6 * n * ((h + 2 * ph - kh) // stride + 1) * ((w + 2 * pw - kw) // stride + 1) * kh * kw * c * o
+    how = form(impl, stride, c, o, dtype=dtype, kernel_size=kh if kh == kw else None, mflop=mflop)
     if how == "onednn":
         return onednn.conv2d(*onednn_operands(x, kernel, dtype), stride, padding)
     if how == "winograd":

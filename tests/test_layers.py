@@ -245,15 +245,19 @@ def test_conv_impl_chooses_the_form_of_each_layer(monkeypatch):
     monkeypatch.setattr(onednn, "supports", lambda dtype: True)
     assert convolution.resolve("auto", "cpu") == "onednn"
     assert form("auto", 2, 3, 64, "cpu") == form("auto", 1, 256, 256, "cpu", kernel_size=3) == "onednn"
-    # Where they are AVX2's: Winograd's form for the stride-1 3x3 layers with 16 or more channels
-    # each way (a ResNet block's), oneDNN for the others.
+    # Where they are AVX2's: Winograd's form for the stride-1 3x3 layers of 600 MFLOP or more
+    # (a ResNet block's at 128x128 and up: 1,208 MFLOP), oneDNN for the others.
     monkeypatch.setattr(onednn, "supports", lambda dtype: jnp.dtype(dtype) == jnp.float32)
-    assert convolution.resolve("auto", "cpu") == "winograd"
-    assert form("auto", 1, 256, 256, "cpu", kernel_size=3) == form("auto", 1, 16, 16, "cpu", kernel_size=3) == "winograd"
+    assert convolution.resolve("auto", "cpu") == "onednn_winograd"
+    assert form("auto", 1, 256, 256, "cpu", kernel_size=3, mflop=1208) == "winograd"
+    assert form("auto", 1, 64, 64, "cpu", kernel_size=3, mflop=19) == "onednn"  # the quick-start model's
     for args in ((1, 256, 256), (2, 64, 128), (1, 15, 16), (1, 16, 8)):  # a transposed layer's sub-pixel form, ...
-        assert form("auto", *args, "cpu", kernel_size=None if args == (1, 256, 256) else 3) == "onednn", args
-    assert form("auto", 1, 64, 3, "cpu", kernel_size=7) == "onednn"
-    # An explicit winograd: the same layers, and what auto would take without it for the rest.
+        assert form("auto", *args, "cpu", kernel_size=None if args == (1, 256, 256) else 3, mflop=1e4) == "onednn"
+    assert form("auto", 1, 64, 3, "cpu", kernel_size=7, mflop=1e4) == "onednn"
+    # An explicit winograd: every stride-1 3x3 layer with 16 or more channels each way, and what
+    # auto would take without it for the rest.
+    assert form("winograd", 1, 16, 16, "cpu", kernel_size=3) == "winograd"
+    assert form("winograd", 1, 15, 16, "cpu", kernel_size=3) == "onednn"
     assert form("winograd", 1, 256, 256, "gpu", kernel_size=3) == "winograd"
     assert form("winograd", 2, 64, 128, "gpu", kernel_size=3) == "xla"
     assert form("winograd", 1, 64, 3, "cpu", jnp.float64, kernel_size=7) == "xla"
@@ -286,7 +290,7 @@ def test_conv_impl_follows_the_dtype_and_what_the_cpu_runs(monkeypatch):
     monkeypatch.setattr(onednn, "supports", lambda dtype: jnp.dtype(dtype) == jnp.float32)
     monkeypatch.setattr(onednn, "cpu_flags", lambda: frozenset({"avx", "avx2", "fma"}))
     monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
-    assert convolution.resolve("auto", "cpu", jnp.bfloat16) == "winograd"  # oneDNN's kernels here are AVX2's
+    assert convolution.resolve("auto", "cpu", jnp.bfloat16) == "onednn_winograd"  # oneDNN's kernels are AVX2's
     assert convolution.form("auto", 2, 16, 16, "cpu", jnp.bfloat16, kernel_size=4) == "onednn"
     assert convolution.form("onednn", 1, 16, 16, "cpu", jnp.bfloat16) == "onednn"  # a built model's choice
     with pytest.raises(RuntimeError, match=r"cannot run in bfloat16: this CPU lacks AVX-512 \(avx512bw avx512cd "
@@ -294,7 +298,7 @@ def test_conv_impl_follows_the_dtype_and_what_the_cpu_runs(monkeypatch):
         convolution.resolve("onednn", "cpu", jnp.bfloat16)
     assert "float32 kernels on the bfloat16 operands" in convolution.describe("auto", jnp.bfloat16, "cpu")
     assert convolution.describe("auto", jnp.float32, "cpu") == (
-        "Winograd's F(2x2, 3x3) for the 3x3 layers (oneDNN runs AVX2 kernels here); elsewhere oneDNN's")
+        "oneDNN's; Winograd's F(2x2, 3x3) for the 3x3 layers of 600 MFLOP or more (oneDNN runs AVX2 kernels here)")
 
 
 @pytest.fixture(params=["native", "float32 kernels"])

@@ -12,16 +12,16 @@ from cyclejax import onednn
 pytestmark = pytest.mark.numeric  # run again with the instruction set capped (.ci/run)
 
 ROOT = Path(__file__).resolve().parents[1]
-# 'auto' is oneDNN's convolutions where the extension loads (and, where its kernels are AVX2's, as
-# in the capped pass, Winograd's form for the ResNet blocks: XLA partitions those, plain XLA ops).
-IMPLS = [pytest.param("auto", marks=pytest.mark.skipif(not onednn.available(),
-                                                       reason=f"oneDNN: {onednn.unavailable_reason()}")), "xla"]
+# 'winograd': Winograd's form for the ResNet blocks (plain XLA ops, which XLA partitions) and
+# oneDNN's convolutions for every other layer (custom calls, per device).
+IMPLS = [pytest.param("winograd", marks=pytest.mark.skipif(not onednn.available(),
+                                                           reason=f"oneDNN: {onednn.unavailable_reason()}")), "xla"]
 
 
 @pytest.fixture(scope="module")
 def results():
     """Each conv_impl's report, from one worker process: one start-up and one float64 truth for all."""
-    impls = ["auto", "xla"] if onednn.available() else ["xla"]
+    impls = ["winograd", "xla"] if onednn.available() else ["xla"]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     out = subprocess.run([sys.executable, "-m", "tests.multidevice_worker", *impls], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=900)
@@ -40,7 +40,7 @@ def test_eight_devices_equal_one_device(results, conv_impl):
     finds them by checking the output does not move when they do): see its docstring.
     'xla' runs XLA's convolutions, which XLA itself partitions (tests/test_multihost.py also trains
     with them, in float64, on 4 devices and in 2 processes; 'matmul' is plain XLA ops as well and
-    took 2.5 times as long here); 'auto' oneDNN's custom calls, each device on its own rows of the batch (in `jax.shard_map`:
+    took 2.5 times as long here); 'winograd' oneDNN's custom calls for all but the ResNet blocks, each device on its own rows of the batch (in `jax.shard_map`:
     XLA cannot split a custom call), kernel gradients summed over the devices.
     """
     result = results[conv_impl]
@@ -52,5 +52,5 @@ def test_eight_devices_equal_one_device(results, conv_impl):
     # resnet_6blocks: 3 + 12 + 2 pre-norm convs in each generator; basic D: 3 in each.
     assert result["inert_biases"] == 2 * 17 + 2 * 3, result
     # oneDNN's calls compute one device's row each on 8 devices (batch 8), all 8 rows on one.
-    assert result["onednn_call_rows"] == ([[1], [8]] if conv_impl == "auto" else [[], []]), result
+    assert result["onednn_call_rows"] == ([[1], [8]] if conv_impl == "winograd" else [[], []]), result
 
