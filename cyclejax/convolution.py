@@ -105,8 +105,8 @@ def avx2_only() -> bool:
     """Whether this process's oneDNN runs AVX2 kernels (no avx512_core: an AVX2-only CPU such
     as AMD Zen 3, or ONEDNN_MAX_CPU_ISA=AVX2), decided once per process: there 'auto' takes
     Winograd's form for the large 3x3 layers, where oneDNN's direct AVX2 convolutions are
-    slower (`winograd`, WINOGRAD_AUTO_MFLOP). oneDNN 2023.2 has bfloat16 convolutions from avx512_core up, so their
-    absence is the test (`onednn.supports`)."""
+    slower (`winograd`, WINOGRAD_AUTO_MFLOP). oneDNN 2023.2 has bfloat16 convolutions from
+    avx512_core up, so their absence is the test (`onednn.supports`)."""
     return onednn.available() and not onednn.supports(jnp.bfloat16)
 
 
@@ -144,8 +144,8 @@ def _describe(resolved: str, dtype) -> str:
 
 def form(impl: str, stride: int, in_channels: int, out_channels: int, backend: str | None = None,
          dtype=None, kernel_size: int | None = None, mflop: float = 0.0) -> str:
-    """How one layer (a `kernel_size` square kernel, `mflop` in its forward pass) is computed:
-    'onednn', 'xla', 'winograd', 'taps_in' or 'taps_out'.
+    """How one layer (a `kernel_size` square kernel, `mflop` in its forward pass on one device)
+    is computed: 'onednn', 'xla', 'winograd', 'taps_in' or 'taps_out'.
 
     'winograd' takes Winograd's form for the stride-1 3x3 layers with at least
     MIN_WINOGRAD_CHANNELS input and output channels (a ResNet block's), and for the others
@@ -194,6 +194,7 @@ def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1, padding: tuple[int,
     kh, kw, c, o = kernel.shape
     dtype = jnp.dtype(dtype or x.dtype)
     n, h, w, _ = x.shape
+    n //= onednn._shards(n)  # one device's rows where the batch is split over a mesh
     mflop = 2e-6 * n * ((h + 2 * ph - kh) // stride + 1) * ((w + 2 * pw - kw) // stride + 1) * kh * kw * c * o
     how = form(impl, stride, c, o, dtype=dtype, kernel_size=kh if kh == kw else None, mflop=mflop)
     if how == "onednn":
