@@ -64,8 +64,8 @@ WINOGRAD_AUTO_MFLOP = 600.0
 
 def resolve(impl: str, backend: str | None = None, dtype=None) -> str:
     """The implementation `impl` names on `backend` (default: JAX's) for networks computing in
-    `dtype` (default float32): 'xla', 'matmul', 'onednn', or 'auto' for the mixed CPU form (a
-    choice per layer, see `form`).
+    `dtype` (default float32): 'xla', 'matmul', 'onednn', 'winograd', 'onednn_winograd' or
+    'auto' for the mixed CPU form (the last two a choice per layer, see `form`).
 
     'auto' is 'xla' on GPU and TPU; on CPU 'onednn' where the extension loads ('onednn_winograd'
     where its kernels are AVX2's: `form` takes Winograd's for the large 3x3 layers; in bfloat16 on
@@ -169,9 +169,7 @@ def form(impl: str, stride: int, in_channels: int, out_channels: int, backend: s
     if impl == "winograd":
         if kernel_size == 3 and stride == 1 and min(in_channels, out_channels) >= MIN_WINOGRAD_CHANNELS:
             return "winograd"
-        impl = _without_winograd(backend, dtype)
-        if impl == "auto":
-            impl = resolve(impl, backend, dtype)
+        impl = _without_winograd(backend, dtype)  # 'auto' here is the mixed form, handled below
     if impl == "onednn":
         return "onednn"
     if impl == "xla" or stride != 1 or in_channels < MIN_MATMUL_CHANNELS:
