@@ -1,4 +1,6 @@
 """Which parameters a network's output does not depend on, and the round-off their gradients carry."""
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -14,20 +16,27 @@ from cyclejax.train_step import NetworkApplier
 ROUNDOFF_EPS = 8
 
 
+@functools.cache
+def forward(model):
+    """`model`'s training-mode output as a jitted function of (params, x), one per network in a
+    process (G_A and G_B are one network where the options make them equal)."""
+    return jax.jit(lambda p, x: model.apply({"params": p}, x, train=True))
+
+
 def inert_biases(model, params, x):
     """Paths of biases the network's output does not depend on (a conv bias before instance norm).
 
     Their true gradient is zero, so Adam turns round-off into +-lr steps of random sign: they
     differ between any two summation orders, in torch as here, without changing the function.
     """
-    apply = jax.jit(lambda p: model.apply({"params": p}, x, train=True))
-    base = apply(params)
+    apply = forward(model)
+    base = apply(params, x)
     inert = set()
     for path, leaf in jax.tree_util.tree_leaves_with_path(params):
         if path[-1].key != "bias":
             continue
         bumped = jax.tree_util.tree_map_with_path(lambda q, v: v + 1.0 if q == path else v, params)
-        if float(np.max(np.abs(apply(bumped) - base))) < 1e-4:
+        if float(np.max(np.abs(apply(bumped, x) - base))) < 1e-4:
             inert.add(jax.tree_util.keystr(path))
     return inert
 

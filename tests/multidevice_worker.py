@@ -19,7 +19,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from cyclejax import model as model_lib, parallel, train_state, train_step  # noqa: E402
-from tests.inert import inert_biases  # noqa: E402
+from tests.inert import forward, inert_biases  # noqa: E402
 from tests.onednn_calls import onednn_call_rows  # noqa: E402
 from tests.test_train_step import tiny_config  # noqa: E402
 
@@ -27,12 +27,13 @@ from tests.test_train_step import tiny_config  # noqa: E402
 EPS32 = float(np.finfo(np.float32).eps)
 
 
-def run(devices, batches, config):
+def run(devices, batches, config, start):
+    """The steps on `devices` from the state `start` (the same for every conv_impl: the
+    initialisation does not depend on how convolutions are computed)."""
     model = model_lib.build(config, steps_per_epoch=10)
-    state = train_state.create(model, 0, (32, 32, 3), (32, 32, 3))
     mesh = parallel.make_mesh(devices)
     step = train_step.jit_train_step(model, mesh)
-    state = parallel.replicate(state, mesh)
+    state = parallel.replicate(start, mesh)
     rows = onednn_call_rows(step.lower(state, parallel.shard_batch(batches[0], mesh)).compile())
     for b in batches:
         sharded = parallel.shard_batch(b, mesh)
@@ -41,10 +42,9 @@ def run(devices, batches, config):
     return jax.device_get(state), jax.device_get(metrics), shards, rows
 
 
-def truth(batches, config):
+def truth(batches, config, start32):
     """The same steps in float64 on one device (XLA's convolutions), from the float32 start cast
     exactly: (state, metrics, model)."""
-    start32 = train_state.create(model_lib.build(config, steps_per_epoch=10), 0, (32, 32, 3), (32, 32, 3))
     with jax.enable_x64(True):
         config = config.copy_and_resolve_references()
         config.update(dtype="float64", conv_impl="xla")
@@ -67,16 +67,19 @@ def main():
     assert len(jax.devices()) == 8, jax.devices()
     rng = np.random.default_rng(0)
     batches = [{k: rng.uniform(-1, 1, (8, 32, 32, 3)).astype(np.float32) for k in "AB"} for _ in range(1)]
-    truth_of = None
+    start = truth_of = None
     for conv_impl in sys.argv[1:] or ["auto"]:
         config = tiny_config(batch_size=8, pool_size=4, conv_impl=conv_impl)
-        truth_of = truth_of or truth(batches, config)
-        print(json.dumps({"conv_impl": conv_impl, **compare(batches, config, *truth_of)}), flush=True)
+        if start is None:
+            start = jax.device_get(train_state.create(model_lib.build(config, steps_per_epoch=10), 0, (32, 32, 3),
+                                                      (32, 32, 3)))
+            truth_of = truth(batches, config, start)
+        print(json.dumps({"conv_impl": conv_impl, **compare(batches, config, start, *truth_of)}), flush=True)
 
 
-def compare(batches, config, t, mt, model64):
-    s8, m8, shards8, rows8 = run(jax.devices(), batches, config)
-    s1, m1, shards1, rows1 = run(jax.devices()[:1], batches, config)
+def compare(batches, config, start, t, mt, model64):
+    s8, m8, shards8, rows8 = run(jax.devices(), batches, config, start)
+    s1, m1, shards1, rows1 = run(jax.devices()[:1], batches, config, start)
     model = model_lib.build(config, steps_per_epoch=10)
     x = batches[0]["A"]
     errors, violations, n_inert = {}, [], 0
@@ -95,9 +98,8 @@ def compare(batches, config, t, mt, model64):
             if not within(*errors[key], scale):
                 violations.append(key)
         with jax.enable_x64(True):
-            want = np.asarray(getattr(model64, name).apply({"params": t.params[name]}, x.astype(np.float64),
-                                                            train=True))
-        outs = [np.asarray(net.apply({"params": s.params[name]}, x, train=True), np.float64) for s in (s8, s1)]
+            want = np.asarray(forward(getattr(model64, name))(t.params[name], x.astype(np.float64)))
+        outs = [np.asarray(forward(net)(s.params[name], x), np.float64) for s in (s8, s1)]
         errors[f"{name} output"] = [float(np.abs(o - want).max()) for o in outs]
         if not within(*errors[f"{name} output"], float(np.abs(want).max())):
             violations.append(f"{name} output")
