@@ -403,9 +403,9 @@ def _winograd_fwd(x, kernel):
 
 def _winograd_bwd(saved, dy):
     """Both gradients in the transformed space; only x and the kernel are kept from the forward
-    pass, and the transformed input is computed again here: it is 4x x's size (the barrier
-    keeps XLA from taking the forward pass's instead, which kept them all alive for the
-    backward pass: 2.4 GB more at 256x256)."""
+    pass, and the transformed input is computed again here: it is 4x x's size (x made to
+    depend on dy keeps XLA from reusing the forward pass's instead, which kept them all alive
+    for the backward pass: 2.4 GB more at 256x256)."""
     x, kernel = saved
     x = x + 0 * dy[(0,) * dy.ndim]  # x again, but after dy (XLA:CPU drops optimisation barriers before its CSE)
     v, u = _winograd_input(x), _winograd_kernel(kernel)
