@@ -20,6 +20,7 @@ import json
 import os
 import pickle
 import sys
+import time
 
 # Devices per process in the 2-process run. Every collective of the step (528 all-reduces with
 # batch norm: its statistics over the global batch, layer by layer) waits on each process's
@@ -38,6 +39,7 @@ import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+from jax.experimental import serialize_executable  # noqa: E402
 
 from cyclejax import losses, parallel, train_state, train_step  # noqa: E402
 from cyclejax import model as model_lib  # noqa: E402
@@ -150,9 +152,10 @@ def unpack(probes, shapes):
 class Topology:
     """The probed step compiled for a mesh as `jit_train_step` shards it (nothing donated)."""
 
-    def __init__(self, model, mesh, state, batch, kinks_shape=None):
+    def __init__(self, model, mesh, state, batch, kinks_shape=None, share=None):
         """`kinks_shape`: the packed kinks' global shape where another Topology of the same case
-        knows it (`no_pins.shape`), saving a trace of the step."""
+        knows it (`no_pins.shape`), saving a trace of the step. `share`: a file through which the
+        processes of a cluster share one compilation (`_compile_once`)."""
         self.mesh = mesh
         self._placed = {}
         self.run = probed_step(model)
@@ -164,7 +167,8 @@ class Topology:
         if kinks_shape is None:
             kinks_shape = jax.eval_shape(lambda s, b: self.run(s, b, None, False)[3]["kinks"], state, batch).shape
         self.no_pins = np.zeros(kinks_shape, bool)
-        self.compiled = jitted.lower(*self._args(state, batch, self.no_pins, False)).compile()
+        lowered = jitted.lower(*self._args(state, batch, self.no_pins, False))
+        self.compiled = _compile_once(lowered, share) if share else lowered.compile()
         self.flops = float(self.compiled.cost_analysis()["flops"])  # per device, custom calls not counted
         self.onednn_rows = onednn_call_rows(self.compiled)
 
@@ -186,6 +190,28 @@ class Topology:
         out = self.compiled(*self._args(state, batch, self.no_pins if pins is None else pins, pins is not None))
         state, metrics, inter, probes = jax.tree_util.tree_map(np.asarray, out)
         return state, metrics, inter, unpack(probes, self.run.shapes)
+
+
+def _compile_once(lowered, path, timeout_s=600):
+    """`lowered.compile()` in process 0, which writes the executable to `path`; the other processes
+    load it from there (jax.experimental.serialize_executable) instead of compiling the same
+    program again: each process's XLA would compile the same partitioned step, and jax's own
+    sharing (`jax_share_binary_between_hosts`) finds no common cache key between CPU processes.
+    What is compared is what the executable computes on each process's devices, and the collectives
+    between them; the train command's processes compile their own (tests/test_multihost.py)."""
+    if jax.process_index() == 0:
+        compiled = lowered.compile()
+        with open(path + ".part", "wb") as f:
+            pickle.dump(serialize_executable.serialize(compiled), f)
+        os.replace(path + ".part", path)
+        return compiled
+    deadline = time.monotonic() + timeout_s
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"process 0 wrote no executable to {path} within {timeout_s} s")
+        time.sleep(0.2)
+    with open(path, "rb") as f:
+        return serialize_executable.deserialize_and_load(*pickle.load(f))
 
 
 def _replicate(tree, mesh):
@@ -446,7 +472,8 @@ def multi(out_dir, coordinator_address, num_processes, process_id):
         # Every process draws the first state to the bit (process 0 reports it below as well).
         assert digest(first) == digest(saved[case, "first"]["state"]), (jax.process_index(), case)
         batch = saved[case, "first"]["batch"]
-        topology = Topology(model, mesh, first, batch, packed(saved[case, "first"]["ref"]).shape)
+        topology = Topology(model, mesh, first, batch, packed(saved[case, "first"]["ref"]).shape,
+                            share=os.path.join(out_dir, f"{case}.executable"))
         for name in ("first", "later"):
             s = saved[case, name]
             ours = topology(s["state"], s["batch"])
