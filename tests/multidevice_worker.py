@@ -20,6 +20,7 @@ import numpy as np  # noqa: E402
 
 from cyclejax import model as model_lib, parallel, train_state, train_step  # noqa: E402
 from tests.inert import forward, inert_biases  # noqa: E402
+from tests import steps  # noqa: E402
 from tests.onednn_calls import onednn_call_rows  # noqa: E402
 from tests.test_train_step import tiny_config  # noqa: E402
 
@@ -51,7 +52,7 @@ def truth(batches, config, start32):
         model = model_lib.build(config, steps_per_epoch=10)
         like = train_state.create(model, 0, (32, 32, 3), (32, 32, 3))
         state = jax.tree_util.tree_map(lambda a, b: jnp.asarray(b, a.dtype), like, jax.device_get(start32))
-        step = jax.jit(train_step.make_train_step(model))
+        step = jax.jit(train_step.make_train_step(model), compiler_options=steps.FLOAT64_COMPILER_OPTIONS)
         for b in batches:
             state, metrics = step(state, {k: v.astype(np.float64) for k, v in b.items()})
         return jax.device_get(state), jax.device_get(metrics), model

@@ -18,6 +18,11 @@ from cyclejax.losses import METRICS
 from tests import torch_reference as ref
 
 TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+# XLA options for the float64 steps: LLVM's optimisation level 0 (XLA's default is 3), which
+# compiles them faster. It changes how the arithmetic is scheduled into instructions (fused
+# multiply-adds, vector reductions), so rounding at float64's 1e-16, seven orders below the
+# 1e-9 these steps are held to; the float32 steps compile as the train command's do.
+FLOAT64_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
 
 
 def batches(n_steps: int, batch: int, size: int, seed: int = 0, dtype=np.float32) -> list[dict[str, np.ndarray]]:
@@ -36,7 +41,8 @@ def ours(config, data: list[dict[str, np.ndarray]]):
     and conv_impl. Call inside `jax.enable_x64()` for float64."""
     model, state = initial(config, data[0]["A"].shape[1])
     start = jax.device_get(state)
-    step = jax.jit(train_step.step_with_intermediates(model))
+    step = jax.jit(train_step.step_with_intermediates(model),
+                   compiler_options=FLOAT64_COMPILER_OPTIONS if config.dtype == "float64" else None)
     nets = ref.networks(config.netG, config.netD, config.ngf, config.ndf, config.n_layers_D, config.norm)
     results, draws = [], []
     for batch in data:

@@ -36,8 +36,10 @@ def _free_port() -> int:
 
 
 def _env(devices: int, x64: bool = False) -> dict:
-    return dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", PYTHONUNBUFFERED="1",
-                JAX_ENABLE_X64="1" if x64 else "0")
+    """`devices` CPU devices a process; with `x64`, 64-bit JAX and XLA's code at LLVM's optimisation
+    level 0 (tests/steps.py: the float64 runs compile faster, their rounding is float64's)."""
+    flags = f"--xla_force_host_platform_device_count={devices}" + (" --xla_backend_optimization_level=0" if x64 else "")
+    return dict(os.environ, XLA_FLAGS=flags, PYTHONUNBUFFERED="1", JAX_ENABLE_X64="1" if x64 else "0")
 
 
 def run_processes(cmd: list[str], processes: int, devices: int, x64: bool = False) -> list[str]:
