@@ -18,6 +18,7 @@ from cyclejax import checkpoints
 from cyclejax import model as model_lib
 from tests.conftest import tiny_config
 from tests.inert import inert_biases
+from tests.steps import FLOAT64_COMPILER_OPTIONS
 
 ROOT = Path(__file__).resolve().parents[1]
 # In float64 (x64 on), so that the two topologies' different summation orders (gloo's
@@ -38,8 +39,10 @@ def _free_port() -> int:
 def _env(devices: int, x64: bool = False) -> dict:
     """`devices` CPU devices a process; with `x64`, 64-bit JAX and XLA's code at LLVM's optimisation
     level 0 (tests/steps.py: the float64 runs compile faster, their rounding is float64's)."""
-    flags = f"--xla_force_host_platform_device_count={devices}" + (" --xla_backend_optimization_level=0" if x64 else "")
-    return dict(os.environ, XLA_FLAGS=flags, PYTHONUNBUFFERED="1", JAX_ENABLE_X64="1" if x64 else "0")
+    flags = [f"--xla_force_host_platform_device_count={devices}"]
+    if x64:
+        flags += [f"--{k}={v}" for k, v in FLOAT64_COMPILER_OPTIONS.items()]
+    return dict(os.environ, XLA_FLAGS=" ".join(flags), PYTHONUNBUFFERED="1", JAX_ENABLE_X64="1" if x64 else "0")
 
 
 def run_processes(cmd: list[str], processes: int, devices: int, x64: bool = False) -> list[str]:
