@@ -356,6 +356,15 @@ def compare(ours, ref, scales, pinned):
     return report
 
 
+def against(topology, state, batch, ref, scales):
+    """`compare`'s report of one step on `topology` against the 1-device `ref`, and whether the
+    same step again on `topology` gives the same bits."""
+    ours = topology(state, batch)
+    report = compare(ours, ref, scales, topology(state, batch, pins=packed(ref)))
+    report["repeats_to_the_bit"] = digest(topology(state, batch)) == digest(ours)
+    return report
+
+
 def pool_draws(out):
     """What each pool did, read to the bit from the step's own outputs: for each image of the
     batch whether the discriminator saw the new fake (n) or a stored image (s), which slots now
@@ -398,12 +407,10 @@ def single(out_dir, eight_devices=False):
             scales = scales_of(state, batch, ref[2])
             results.append({"case": case, "state": name, "topology": "1 device", "init": digest(first)})
             if on8 is not None:
-                ours = on8(state, batch)
-                report = compare(ours, ref, scales, on8(state, batch, pins=packed(ref)))
-                report["repeats_to_the_bit"] = digest(on8(state, batch)) == digest(ours)
                 results.append({"case": case, "state": name, "topology": "8 devices vs 1", "init": digest(first),
                                 "flops_per_device": [on8.flops, on1.flops],
-                                "onednn_call_rows": [on8.onednn_rows, on1.onednn_rows], **report})
+                                "onednn_call_rows": [on8.onednn_rows, on1.onednn_rows],
+                                **against(on8, state, batch, ref, scales)})
             saved[case, name] = dict(state=state, batch=batch, ref=ref, scales=scales, flops=on1.flops,
                                      onednn_rows=on1.onednn_rows)
             if name == "later":
@@ -476,10 +483,7 @@ def multi(out_dir, coordinator_address, num_processes, process_id):
                             share=os.path.join(out_dir, f"{case}.executable"))
         for name in ("first", "later"):
             s = saved[case, name]
-            ours = topology(s["state"], s["batch"])
-            pinned = topology(s["state"], s["batch"], pins=packed(s["ref"]))
-            report = compare(ours, s["ref"], s["scales"], pinned)
-            report["repeats_to_the_bit"] = digest(topology(s["state"], s["batch"])) == digest(ours)
+            report = against(topology, s["state"], s["batch"], s["ref"], s["scales"])
             results.append({"case": case, "state": name, "init": digest(first),
                             "init_reference": digest(saved[case, "first"]["state"]),
                             "topology": f"{jax.process_count()} processes, {len(jax.devices())} devices vs 1",
