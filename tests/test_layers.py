@@ -13,7 +13,9 @@ import pytest
 import torch
 
 from cyclejax import convolution, layers, onednn
+from tests import isa
 from tests.conftest import impls
+from tests.isa import AVX2_CAP
 from tests.roundoff import assert_as_close_as
 from tests.torch_reference import nchw, nhwc
 
@@ -538,7 +540,29 @@ def test_largest_mflop_counts_the_convolutions_as_the_lock_does():
         assert onednn.serial_limit_mflop() == 20.0
 
 
-AVX2_CAP = {"XLA_FLAGS": "--xla_cpu_max_isa=AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
+# /proc/cpuinfo's flags: a Zen 3 VM (AVX2 and FMA, nothing above), this project's Zen 4 VM, a
+# Sapphire Rapids VM (AMX) and an Alder Lake laptop (AVX-VNNI without AVX-512), shortened to their
+# vector and matrix extensions and a few others.
+ZEN3 = "sse4_2 fma movbe popcnt aes xsave avx f16c bmi1 avx2 bmi2 sha_ni vaes vpclmulqdq rdpid fsrm"
+ZEN4 = ZEN3 + (" avx512f avx512dq avx512ifma avx512cd avx512bw avx512vl avx512_bf16 avx512vbmi avx512_vbmi2 gfni"
+               " avx512_vnni avx512_bitalg avx512_vpopcntdq")
+SAPPHIRE_RAPIDS = ZEN4 + " avx_vnni avx512_fp16 amx_bf16 amx_tile amx_int8"
+ALDER_LAKE = ZEN3 + " avx_vnni gfni"
+
+
+def _isa_worker(env):
+    """tests/isa_worker.py with ONEDNN_VERBOSE: (both oneDNNs' isa lines, their convolution kernels, torch's
+    capability line)."""
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-m", "tests.isa_worker"], cwd=root, capture_output=True, text=True,
+                         timeout=300, env={**env, "ONEDNN_VERBOSE": "1", "PYTHONPATH": str(root)})
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = out.stdout.splitlines()
+    isa = [line for line in lines if re.match(r"onednn_verbose,(v1,)?info,cpu,isa:", line)]
+    convolutions = [line.split(",") for line in lines if ",exec,cpu,convolution," in line]
+    assert len(isa) == 2 and len(convolutions) >= 6, lines[-20:]  # ours (3.2), torch's (v1); 3 passes each
+    torch_line = [line for line in lines if line.startswith("torch capability:")]
+    return isa, {fields[fields.index("convolution") + 1] for fields in convolutions}, torch_line
 
 
 @pytest.mark.skipif(not onednn.available(), reason=f"oneDNN: {onednn.unavailable_reason()}")
@@ -546,16 +570,29 @@ def test_the_avx2_cap_reaches_both_onednns_and_torch():
     """The cap .ci/run's second pass sets, checked with oneDNN's verbose mode: cyclejax's oneDNN and
     torch's both report the AVX2 instruction set and run only avx2 convolution kernels (no
     avx512), and torch's own kernels run at AVX2. (XLA refuses an XLA_FLAGS it cannot parse.)"""
-    root = Path(__file__).resolve().parents[1]
-    env = {**os.environ, **AVX2_CAP, "ONEDNN_VERBOSE": "1", "PYTHONPATH": str(root)}
-    out = subprocess.run([sys.executable, "-m", "tests.isa_worker"], cwd=root, env=env, capture_output=True,
-                         text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    lines = out.stdout.splitlines()
-    isa = [line for line in lines if re.match(r"onednn_verbose,(v1,)?info,cpu,isa:", line)]
-    assert len(isa) == 2 and all(line.endswith("isa:Intel AVX2") for line in isa), isa  # ours (3.2), torch's (v1)
-    convolutions = [line.split(",") for line in lines if ",exec,cpu,convolution," in line]
-    kernels = {fields[fields.index("convolution") + 1] for fields in convolutions}
-    assert len(convolutions) >= 6, lines[-20:]  # forward, backward-data, backward-weights on each side
+    isa, kernels, torch_line = _isa_worker({**os.environ, **AVX2_CAP})
+    assert all(line.endswith("isa:Intel AVX2") for line in isa), isa
     assert all("avx2" in k and "avx512" not in k for k in kernels), kernels
-    assert "torch capability: AVX2" in lines
+    assert torch_line == ["torch capability: AVX2"]
+
+
+def test_the_capped_pass_is_left_out_only_where_the_cap_removes_nothing():
+    """.ci/run repeats the numeric tests capped unless `python -m tests.isa` says this CPU has nothing
+    above AVX2. The rule on four CPUs' flags, and on this one against what the libraries detect
+    without the cap: where nothing is above AVX2 both oneDNNs and torch already run at AVX2 (the
+    capped pass would repeat the first), otherwise oneDNN runs above it."""
+    assert isa.above_avx2(ZEN3.split()) == []
+    assert isa.above_avx2(ZEN4.split()) == sorted(set(ZEN4.split()) - set(ZEN3.split()) - {"gfni"})
+    assert {"amx_tile", "avx512_fp16", "avx_vnni"} <= set(isa.above_avx2(SAPPHIRE_RAPIDS.split()))
+    assert isa.above_avx2(ALDER_LAKE.split()) == ["avx_vnni"]  # oneDNN's avx2_vnni kernels: capped pass kept
+    assert isa.describe(None).startswith("unknown")  # flags not found: capped pass kept
+    assert isa.describe(ZEN3.split()) == "nothing above AVX2" and isa.describe(["avx512f"]) == "above AVX2: avx512f"
+    flags = isa.cpu_flags()
+    if flags is None or not onednn.available():
+        pytest.skip("no x86 flags in /proc/cpuinfo, or oneDNN's extension is not built")
+    isa_lines, kernels, torch_line = _isa_worker({k: v for k, v in os.environ.items() if k not in AVX2_CAP})
+    if isa.above_avx2(flags):
+        assert not any(line.endswith("isa:Intel AVX2") for line in isa_lines), (isa_lines, isa.describe(flags))
+    else:
+        assert all(line.endswith("isa:Intel AVX2") for line in isa_lines), isa_lines
+        assert all("avx512" not in k for k in kernels) and torch_line == ["torch capability: AVX2"], (kernels, torch_line)

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from cyclejax import onednn
+from tests.isa import AVX2_CAP
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--config=cyclejax/configs/default.py:tiny", "--config.log_every=2"]
@@ -80,9 +81,6 @@ def test_bad_config_value_is_refused_before_compiling(tmp_path):
     assert not _imported(out.stderr, "tensorflow", "orbax.checkpoint")  # refused before they load
 
 
-AVX2 = {"XLA_FLAGS": "--xla_cpu_max_isa=AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(not onednn.available(), reason=f"oneDNN: {onednn.unavailable_reason()}")
 def test_bfloat16_on_an_avx2_cpu_trains_and_an_explicit_onednn_is_one_error(tmp_path):
@@ -90,7 +88,7 @@ def test_bfloat16_on_an_avx2_cpu_trains_and_an_explicit_onednn_is_one_error(tmp_
     convolutions): conv_impl='auto' trains in bfloat16 on oneDNN's float32 kernels (and would take
     Winograd's form for large 3x3 layers) and says so; conv_impl='onednn' is one error line naming
     what the CPU lacks, before anything compiles."""
-    env = {**os.environ, **AVX2}
+    env = {**os.environ, **AVX2_CAP}
     out = subprocess.run(_cmd(tmp_path / "auto", "--config.dtype=bfloat16", "--config.max_steps=2"), cwd=ROOT,
                          env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
