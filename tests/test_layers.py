@@ -558,11 +558,11 @@ def _isa_worker(env):
                          timeout=300, env={**env, "ONEDNN_VERBOSE": "1", "PYTHONPATH": str(root)})
     assert out.returncode == 0, out.stderr[-3000:]
     lines = out.stdout.splitlines()
-    isa = [line for line in lines if re.match(r"onednn_verbose,(v1,)?info,cpu,isa:", line)]
+    isa_lines = [line for line in lines if re.match(r"onednn_verbose,(v1,)?info,cpu,isa:", line)]
     convolutions = [line.split(",") for line in lines if ",exec,cpu,convolution," in line]
-    assert len(isa) == 2 and len(convolutions) >= 6, lines[-20:]  # ours (3.2), torch's (v1); 3 passes each
+    assert len(isa_lines) == 2 and len(convolutions) >= 6, lines[-20:]  # ours (3.2), torch's (v1); 3 passes each
     torch_line = [line for line in lines if line.startswith("torch capability:")]
-    return isa, {fields[fields.index("convolution") + 1] for fields in convolutions}, torch_line
+    return isa_lines, {fields[fields.index("convolution") + 1] for fields in convolutions}, torch_line
 
 
 @pytest.mark.skipif(not onednn.available(), reason=f"oneDNN: {onednn.unavailable_reason()}")
@@ -570,8 +570,8 @@ def test_the_avx2_cap_reaches_both_onednns_and_torch():
     """The cap .ci/run's second pass sets, checked with oneDNN's verbose mode: cyclejax's oneDNN and
     torch's both report the AVX2 instruction set and run only avx2 convolution kernels (no
     avx512), and torch's own kernels run at AVX2. (XLA refuses an XLA_FLAGS it cannot parse.)"""
-    isa, kernels, torch_line = _isa_worker({**os.environ, **AVX2_CAP})
-    assert all(line.endswith("isa:Intel AVX2") for line in isa), isa
+    isa_lines, kernels, torch_line = _isa_worker({**os.environ, **AVX2_CAP})
+    assert all(line.endswith("isa:Intel AVX2") for line in isa_lines), isa_lines
     assert all("avx2" in k and "avx512" not in k for k in kernels), kernels
     assert torch_line == ["torch capability: AVX2"]
 
@@ -595,4 +595,5 @@ def test_the_capped_pass_is_left_out_only_where_the_cap_removes_nothing():
         assert not any(line.endswith("isa:Intel AVX2") for line in isa_lines), (isa_lines, isa.describe(flags))
     else:
         assert all(line.endswith("isa:Intel AVX2") for line in isa_lines), isa_lines
-        assert all("avx512" not in k for k in kernels) and torch_line == ["torch capability: AVX2"], (kernels, torch_line)
+        assert all("avx512" not in k for k in kernels), kernels
+        assert torch_line == ["torch capability: AVX2"], torch_line
