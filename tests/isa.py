@@ -1,6 +1,7 @@
 """The AVX2 cap, and whether this CPU has anything above AVX2 for it to remove.
 
-    python -m tests.isa     # "above AVX2: avx512f ..." | "nothing above AVX2" | "unknown: ..."
+    python -m tests.isa         # "above AVX2: avx512f ..." | "nothing above AVX2" | "unknown: ..."
+    python -m tests.isa --cap   # AVX2_CAP as VAR=value words, for `env` (.ci/run)
 
 `AVX2_CAP` makes XLA, oneDNN (cyclejax's and torch's) and torch's own kernels use nothing above
 AVX2, as on an AVX2-only CPU (AMD Zen 3): .ci/run's second pass, and the tests that run a
@@ -43,4 +44,7 @@ def describe(flags) -> str:
 
 
 if __name__ == "__main__":
-    print(describe(cpu_flags(*sys.argv[1:])))
+    if sys.argv[1:] == ["--cap"]:
+        print(" ".join(f"{k}={v}" for k, v in AVX2_CAP.items()))
+    else:
+        print(describe(cpu_flags(*sys.argv[1:])))

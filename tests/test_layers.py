@@ -587,6 +587,10 @@ def test_the_capped_pass_is_left_out_only_where_the_cap_removes_nothing():
     assert isa.above_avx2(ALDER_LAKE.split()) == ["avx_vnni"]  # oneDNN's avx2_vnni kernels: capped pass kept
     assert isa.describe(None).startswith("unknown")  # flags not found: capped pass kept
     assert isa.describe(ZEN3.split()) == "nothing above AVX2" and isa.describe(["avx512f"]) == "above AVX2: avx512f"
+    # The cap as .ci/run sets it (`env $(python -m tests.isa --cap)`): AVX2_CAP, word for word.
+    cap = subprocess.run([sys.executable, "-m", "tests.isa", "--cap"], cwd=Path(__file__).resolve().parents[1],
+                         capture_output=True, text=True, timeout=60, check=True).stdout.split()
+    assert dict(word.split("=", 1) for word in cap) == AVX2_CAP
     flags = isa.cpu_flags()
     if flags is None or not onednn.available():
         pytest.skip("no x86 flags in /proc/cpuinfo, or oneDNN's extension is not built")
